@@ -1,0 +1,1 @@
+"""Settings and mapping tables: everything an operator configures, validated when loaded."""

@@ -1,0 +1,106 @@
+"""Mapping tables: loaded from TOML, merged with per-connection overrides, validated up front.
+
+A table is data, so it is checked when it is loaded rather than when a value first fails to map
+in the middle of a sync: every value of both sides must appear, and every mapped-to value must
+be one the other side accepts.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from config.enums import BITBUCKET, MAPPED_FIELDS, TARGET
+
+
+class MappingError(ValueError):
+    """A mapping table is incomplete or names a value a side does not have."""
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    field: str
+    to_target: Mapping[str, str]
+    to_bitbucket: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class MappingTables:
+    fields: Mapping[str, FieldMap]
+
+    def to_target(self, field: str, value: str | None) -> str | None:
+        """The target value for a Bitbucket value, or None when it has no mapping."""
+        return self.fields[field].to_target.get(value) if value is not None else None
+
+    def to_bitbucket(self, field: str, value: str | None) -> str | None:
+        return self.fields[field].to_bitbucket.get(value) if value is not None else None
+
+    def as_dict(self) -> dict[str, dict[str, dict[str, str]]]:
+        return {
+            name: {"to_target": dict(fm.to_target), "to_bitbucket": dict(fm.to_bitbucket)}
+            for name, fm in self.fields.items()
+        }
+
+
+def _check_direction(field: str, table: Any, sources: tuple[str, ...], targets: tuple[str, ...],
+                     label: str) -> dict[str, str]:
+    if not isinstance(table, dict):
+        raise MappingError(f"{field}.{label} must be a table of value = value")
+    unknown = sorted(set(table) - set(sources))
+    if unknown:
+        raise MappingError(f"{field}.{label}: {', '.join(map(repr, unknown))} is not a value of that side "
+                           f"(expected one of {', '.join(sources)})")
+    missing = [v for v in sources if v not in table]
+    if missing:
+        raise MappingError(f"{field}.{label}: no mapping for {', '.join(map(repr, missing))}")
+    for source, dest in table.items():
+        if dest not in targets:
+            raise MappingError(f"{field}.{label}: {source!r} maps to {dest!r}, which is not one of "
+                               f"{', '.join(targets)}")
+    return dict(table)
+
+
+def build(raw: Mapping[str, Any]) -> MappingTables:
+    """Validate a complete table set (as parsed from TOML or JSON)."""
+    extra = sorted(set(raw) - set(MAPPED_FIELDS))
+    if extra:
+        raise MappingError(f"unknown field(s) in mapping: {', '.join(extra)}")
+    fields = {}
+    for field in MAPPED_FIELDS:
+        section = raw.get(field)
+        if not isinstance(section, dict):
+            raise MappingError(f"mapping has no [{field}] table")
+        fields[field] = FieldMap(
+            field=field,
+            to_target=MappingProxyType(_check_direction(
+                field, section.get("to_target"), BITBUCKET[field], TARGET[field], "to_target")),
+            to_bitbucket=MappingProxyType(_check_direction(
+                field, section.get("to_bitbucket"), TARGET[field], BITBUCKET[field], "to_bitbucket")),
+        )
+    return MappingTables(fields=MappingProxyType(fields))
+
+
+def default_raw() -> dict[str, Any]:
+    text = resources.files("config").joinpath("mappings.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Overlay a partial per-connection table on the defaults (entry by entry)."""
+    merged: dict[str, Any] = {f: {d: dict(t) for d, t in sec.items()} for f, sec in base.items()}
+    for field, section in (override or {}).items():
+        if not isinstance(section, dict):
+            raise MappingError(f"override for {field!r} must be a table")
+        target = merged.setdefault(field, {})
+        for direction, table in section.items():
+            if direction not in ("to_target", "to_bitbucket") or not isinstance(table, dict):
+                raise MappingError(f"override {field}.{direction} is not to_target/to_bitbucket table")
+            target.setdefault(direction, {}).update(table)
+    return merged
+
+
+def load(override: Mapping[str, Any] | None = None) -> MappingTables:
+    """The default tables with an optional override, validated."""
+    return build(merge(default_raw(), override))

@@ -1,0 +1,116 @@
+"""POST /webhooks/bitbucket/<connection>: verify, store, enqueue, answer. Nothing else.
+
+No remote call happens here and no sync work: Bitbucket waits only 10 s and retries only on
+5xx, so the receiver's one job is to make the delivery durable and say so (promise 1).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+
+from flask import Blueprint, current_app, jsonify, request
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from webhooks import signatures
+from worker import ledger
+from worker.db.models import Delivery
+from worker.engine.events import ISSUE_EVENTS, quick_check
+
+log = logging.getLogger("bbsync.webhooks")
+bp = Blueprint("receiver", __name__)
+
+UUID_CHARS = set("0123456789abcdefABCDEF-{}")
+
+
+def error(status: int, message: str):
+    return jsonify({"error": message}), status
+
+
+def _header_id(name: str) -> str | None:
+    value = request.headers.get(name)
+    if value and len(value) <= 64 and set(value) <= UUID_CHARS:
+        return value.strip("{}").lower()
+    return None
+
+
+@bp.post("/webhooks/bitbucket/<name>")
+def receive(name: str):
+    ext = current_app.extensions["bbsync"]
+    limit = ext.settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return error(413, f"body over the {limit}-byte limit")
+    # Read at most limit+1 bytes: a chunked body without Content-Length cannot exceed it either.
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        return error(413, f"body over the {limit}-byte limit")
+
+    conn = ext.directory.get(name)
+    if conn is None:
+        return error(404, f"unknown connection {name!r}")
+    signature = request.headers.get("X-Hub-Signature")
+    if not signatures.verify(signature, body, conn.secrets):
+        fresh = ext.directory.reload_if_due(conn)
+        if fresh is None or not signatures.verify(signature, body, fresh.secrets):
+            log.warning("webhook.signature_invalid connection=%s present=%s", name, bool(signature))
+            return error(401, "missing or invalid X-Hub-Signature")
+
+    event_key = request.headers.get("X-Event-Key", "").strip()
+    if not event_key or len(event_key) > 64:
+        return error(400, "missing X-Event-Key header")
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        return error(400, "body is not valid JSON")
+    problem = quick_check(event_key, payload)
+    if problem:
+        return error(400, f"malformed {event_key} payload: {problem}")
+
+    # Bitbucket always sends X-Request-UUID; without one, the body's hash still de-duplicates.
+    request_uuid = _header_id("X-Request-UUID") or "sha256:" + hashlib.sha256(body).hexdigest()[:56]
+    ignored = event_key not in ISSUE_EVENTS
+    delivery_id, fresh_row = _store(ext, conn.id, request_uuid, event_key, body, ignored)
+    if fresh_row and not ignored:
+        ext.enqueue(delivery_id)  # after commit: the task must find its row
+    log.info("webhook.%s connection=%s delivery=%s event=%s", "accepted" if fresh_row else "duplicate",
+             name, delivery_id, event_key)
+    return jsonify({"delivery": delivery_id}), 202
+
+
+def _store(ext, connection_id: int, request_uuid: str, event_key: str, body: bytes,
+           ignored: bool) -> tuple[str, bool]:
+    """Insert the delivery and commit. Returns (id, True) or, for a duplicate, (existing id, False)."""
+    delivery_id = uuid.uuid4().hex
+    row = Delivery(
+        id=delivery_id, connection_id=connection_id, request_uuid=request_uuid,
+        hook_uuid=_header_id("X-Hook-UUID"), event_key=event_key,
+        attempt=_attempt(), body=body.decode("utf-8"),
+        status="ignored" if ignored else "received",
+        error=f"event {event_key} is not synced" if ignored else None,
+    )
+    with ext.sessions() as session:
+        try:
+            with session.begin():
+                session.add(row)
+                if ignored:
+                    session.flush()
+                    ledger.record(session, connection_id=connection_id, direction="forward",
+                                  outcome="ignored", delivery_id=delivery_id,
+                                  detail=f"event {event_key} is not synced by this product")
+            return delivery_id, True
+        except IntegrityError:
+            # Same X-Request-UUID already stored: a retry or a duplicate. No second effect.
+            existing = session.scalar(select(Delivery.id).where(
+                Delivery.connection_id == connection_id, Delivery.request_uuid == request_uuid))
+            if existing is None:
+                raise
+            return existing, False
+
+
+def _attempt() -> int:
+    try:
+        return max(1, min(int(request.headers.get("X-Attempt-Number", "1")), 100))
+    except ValueError:
+        return 1

@@ -1,0 +1,57 @@
+"""The Celery app. Configured from settings when Celery first needs its config, not at import.
+
+Broker: Redis in production (REDIS_URL), RabbitMQ if BROKER_URL says amqp://, and otherwise
+kombu's filesystem transport under var/broker, which needs no server: the embedded default.
+"""
+from __future__ import annotations
+
+from celery import Celery
+
+from config.settings import Settings, get_settings
+
+#: Longest delay any task of ours may be scheduled with (retry backoff cap). The broker's
+#: visibility timeout must be longer, or Redis would hand a delayed task to a second worker.
+MAX_TASK_DELAY_SECONDS = 600
+
+
+def celery_config(settings: Settings) -> dict:
+    transport_options: dict = {"visibility_timeout": 3 * MAX_TASK_DELAY_SECONDS}
+    if settings.embedded_broker:
+        folder = settings.broker_folder
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        transport_options = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+            "polling_interval": 0.1,
+        }
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        # The receiver must answer Bitbucket within 10 s even when the broker is down: fail a
+        # publish fast and let the stored delivery be enqueued later.
+        "broker_connection_timeout": 2,
+        "broker_connection_max_retries": 1,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
+        "task_default_queue": settings.queue,
+        "task_ignore_result": True,
+        "task_acks_late": True,  # a task is acknowledged only when it finished
+        "task_reject_on_worker_lost": True,  # a worker killed mid-task hands the task back
+        "worker_prefetch_multiplier": 1,
+        "worker_hijack_root_logger": False,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+    }
+
+
+app = Celery("bbsync", include=["worker.tasks"])
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_kwargs) -> None:
+    sender.conf.update(celery_config(get_settings()))

@@ -1,0 +1,169 @@
+"""The `bbsync` command."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tomllib
+
+import click
+
+from config.settings import SettingsError, get_settings
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+def main(verbose: bool) -> None:
+    """bbsync: two-way sync between Bitbucket issues and a helpdesk."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        get_settings()
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the database to the newest schema (Alembic)."""
+    from worker.db import migrate
+    migrate.upgrade()
+    click.echo("database is up to date")
+
+
+@main.group()
+def connection() -> None:
+    """Connections: a customer's repositories, secrets, target and tables."""
+
+
+@connection.command("add")
+@click.argument("name")
+@click.option("--repo", "repos", multiple=True, required=True, help="WORKSPACE/REPO_SLUG (repeatable).")
+@click.option("--webhook-secret", "secrets", multiple=True, required=True,
+              help="The hook's secret (repeatable: give old and new to rotate).")
+@click.option("--target", default="local", show_default=True)
+@click.option("--api-url", default=None, help="Bitbucket API base URL.")
+@click.option("--mapping", "mapping_file", type=click.Path(exists=True, dir_okay=False),
+              help="TOML file overriding entries of the default mapping tables.")
+def connection_add(name, repos, secrets, target, api_url, mapping_file) -> None:
+    """Create or update connection NAME (idempotent)."""
+    from worker import connections
+    from worker.db.session import transaction
+
+    override = None
+    if mapping_file:
+        try:
+            with open(mapping_file, "rb") as fh:
+                override = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            _fail(f"{mapping_file}: {exc}")
+    spec = connections.ConnectionSpec(name=name, repos=tuple(repos), webhook_secrets=tuple(secrets),
+                                      target=target, api_url=api_url, mapping_override=override)
+    try:
+        with transaction() as session:
+            _conn, created = connections.upsert(session, spec)
+    except connections.InvalidConnection as exc:
+        _fail(str(exc))
+    click.echo(f"connection {name} {'created' if created else 'updated'}: "
+               f"{len(set(repos))} repo(s), {len(set(secrets))} active webhook secret(s)")
+
+
+@connection.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def connection_list(as_json: bool) -> None:
+    """List connections (secrets are never shown)."""
+    from worker import connections
+    from worker.db.session import transaction
+
+    with transaction() as session:
+        rows = [{"name": c.name, "target": c.target, "api_url": c.api_url,
+                 "repos": [r.full_name for r in c.repos],
+                 "webhook_secrets": sum(1 for s in c.secrets if s.active)}
+                for c in connections.list_all(session)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no connections")
+    for r in rows:
+        click.echo(f"{r['name']:<20} target={r['target']:<8} secrets={r['webhook_secrets']}  "
+                   f"repos={', '.join(r['repos'])}")
+
+
+@main.command("ledger")
+@click.argument("name")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+def ledger_cmd(name: str, limit: int) -> None:
+    """Print connection NAME's ledger, newest first."""
+    from worker import connections, ledger
+    from worker.db.session import transaction
+
+    with transaction() as session:
+        conn = connections.get(session, name)
+        if conn is None:
+            _fail(f"unknown connection {name!r}")
+        lines = [ledger.explain(e) for e in ledger.entries(session, conn.id, limit=limit)]
+    click.echo("\n".join(lines) if lines else "the ledger is empty")
+
+
+@main.group()
+def deliveries() -> None:
+    """Stored webhook deliveries."""
+
+
+@deliveries.command("requeue")
+def deliveries_requeue() -> None:
+    """Enqueue stored deliveries that were never processed (e.g. after a broker outage)."""
+    from datetime import timedelta
+    from worker.tasks import requeue_pending
+    click.echo(f"enqueued {requeue_pending(older_than=timedelta(0))} delivery(ies)")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=7990, show_default=True, type=click.IntRange(1, 65535))
+def simulator(host: str, port: int) -> None:
+    """Serve the Bitbucket simulator (REST API under /2.0/, OAuth, webhooks)."""
+    from simulator import serve
+    click.echo(f"Bitbucket simulator on http://{host}:{port}/2.0/")
+    serve(host=host, port=port)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Default: $PORT.")
+def web(host: str, port: int | None) -> None:
+    """Serve the web app with a development server (production: the Procfile's gunicorn)."""
+    from werkzeug.serving import run_simple
+    from webhooks import create_app
+    run_simple(host, port or get_settings().port, create_app(), threaded=True)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run a Celery worker (extra arguments go to `celery worker`)."""
+    from worker.celery_app import app
+    app.worker_main(["worker", "--loglevel=INFO", *ctx.args])
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Keep var/demo after the run.")
+def demo(keep: bool) -> None:
+    """Run the end-to-end demo on the embedded default (no servers needed)."""
+    from worker.demo import run
+    sys.exit(run(keep=keep))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

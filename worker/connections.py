@@ -1,0 +1,120 @@
+"""Connections: create, update, look up. Secrets are encrypted before they reach a row."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from config import mappings
+from worker import crypto
+from worker.db.models import Connection, ConnectionRepo, WebhookSecret
+from worker.engine.merge import DEFAULT_POLICY, POLICIES
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+REPO_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")
+TARGETS = ("local",)
+MAX_SECRET_CHARS = 128  # Bitbucket's own limit on a hook secret
+
+
+class InvalidConnection(ValueError):
+    """Invalid connection settings; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ConnectionSpec:
+    name: str
+    repos: tuple[str, ...]
+    webhook_secrets: tuple[str, ...]
+    target: str = "local"
+    api_url: str | None = None
+    mapping_override: Mapping[str, Any] | None = None
+    policies: Mapping[str, str] | None = None
+
+
+def validate(spec: ConnectionSpec) -> None:
+    if not NAME_RE.match(spec.name):
+        raise InvalidConnection(f"connection name {spec.name!r}: use 1-64 lowercase letters, digits, - or _")
+    if not spec.repos:
+        raise InvalidConnection("a connection needs at least one --repo WORKSPACE/REPO_SLUG")
+    for repo in spec.repos:
+        if not REPO_RE.match(repo):
+            raise InvalidConnection(f"repository {repo!r} is not WORKSPACE/REPO_SLUG")
+    if not spec.webhook_secrets:
+        raise InvalidConnection("a connection needs a --webhook-secret")
+    for secret in spec.webhook_secrets:
+        if not secret or len(secret) > MAX_SECRET_CHARS or not secret.isprintable():
+            raise InvalidConnection(f"a webhook secret must be 1-{MAX_SECRET_CHARS} printable characters")
+    if spec.target not in TARGETS:
+        raise InvalidConnection(f"unknown target {spec.target!r} (known: {', '.join(TARGETS)})")
+    if spec.api_url is not None and not re.match(r"^https?://[^\s?#]+$", spec.api_url):
+        raise InvalidConnection(f"--api-url {spec.api_url!r} is not an http(s) URL without query")
+    try:
+        mappings.load(spec.mapping_override)
+    except mappings.MappingError as exc:
+        raise InvalidConnection(f"mapping: {exc}") from None
+    for field, policy in (spec.policies or {}).items():
+        if policy not in POLICIES:
+            raise InvalidConnection(f"policy for {field!r} must be one of {', '.join(POLICIES)}")
+
+
+def get(session: Session, name: str) -> Connection | None:
+    return session.scalar(select(Connection).where(Connection.name == name)
+                          .options(selectinload(Connection.repos), selectinload(Connection.secrets)))
+
+
+def upsert(session: Session, spec: ConnectionSpec) -> tuple[Connection, bool]:
+    """Create or update a connection so that it matches the spec exactly. Idempotent."""
+    validate(spec)
+    conn = get(session, spec.name)
+    created = conn is None
+    if conn is None:
+        conn = Connection(name=spec.name)
+        session.add(conn)
+    conn.target = spec.target
+    if spec.api_url is not None:
+        conn.api_url = spec.api_url.rstrip("/")
+    if spec.mapping_override is not None:
+        conn.mapping_override = dict(spec.mapping_override)
+    if spec.policies is not None:
+        conn.policies = dict(spec.policies)
+
+    wanted_repos = list(dict.fromkeys(spec.repos))
+    conn.repos[:] = [r for r in conn.repos if r.full_name in wanted_repos]
+    have = {r.full_name for r in conn.repos}
+    conn.repos.extend(ConnectionRepo(full_name=r) for r in wanted_repos if r not in have)
+
+    # The given secrets become the active set: rotate by giving old and new, then new alone.
+    wanted = list(dict.fromkeys(spec.webhook_secrets))
+    kept: list[str] = []
+    for row in conn.secrets:
+        plain = crypto.decrypt(row.ciphertext)
+        row.active = plain in wanted
+        if row.active:
+            kept.append(plain)
+    conn.secrets.extend(WebhookSecret(ciphertext=crypto.encrypt(s), active=True)
+                        for s in wanted if s not in kept)
+    # Inactive secrets are dropped, not kept around: a retired secret has no use.
+    conn.secrets[:] = [s for s in conn.secrets if s.active]
+    session.flush()
+    return conn, created
+
+
+def list_all(session: Session) -> list[Connection]:
+    return list(session.scalars(select(Connection).order_by(Connection.name)
+                                .options(selectinload(Connection.repos), selectinload(Connection.secrets))))
+
+
+def active_secrets(conn: Connection) -> list[str]:
+    return [crypto.decrypt(s.ciphertext) for s in conn.secrets if s.active]
+
+
+def tables_for(conn: Connection) -> mappings.MappingTables:
+    return mappings.load(conn.mapping_override)
+
+
+def policy_for(conn: Connection, field: str) -> str:
+    return (conn.policies or {}).get(field, DEFAULT_POLICY)
+

@@ -1,0 +1,220 @@
+"""Tables. One module, because the tables are one schema and Alembic migrates them together.
+
+- connections, connection_repos, webhook_secrets: who we sync for, and how they prove it is them
+- deliveries: every webhook we acknowledged, stored before the 202
+- tickets, ticket_comments: the built-in helpdesk (the default target)
+- links, comment_links, shadows: which issue is which ticket, and the merge base per field
+- ledger: every decision, append-only
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (JSON, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String,
+                        Text, TypeDecorator, UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timestamps are always timezone-aware UTC, also on SQLite (which stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Connection(Base):
+    __tablename__ = "connections"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    target: Mapped[str] = mapped_column(String(32), default="local")
+    api_url: Mapped[str] = mapped_column(String(255), default="https://api.bitbucket.org/2.0")
+    # Per-connection overrides of the default mapping tables (validated before they are stored).
+    mapping_override: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # Per-field conflict policy overrides; the default is latest_wins.
+    policies: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    push_internal_notes: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    repos: Mapped[list[ConnectionRepo]] = relationship(
+        back_populates="connection", cascade="all, delete-orphan", order_by="ConnectionRepo.full_name")
+    secrets: Mapped[list[WebhookSecret]] = relationship(
+        back_populates="connection", cascade="all, delete-orphan", order_by="WebhookSecret.id")
+
+
+class ConnectionRepo(Base):
+    __tablename__ = "connection_repos"
+    __table_args__ = (UniqueConstraint("connection_id", "full_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
+    full_name: Mapped[str] = mapped_column(String(255))  # "workspace/repo_slug"
+
+    connection: Mapped[Connection] = relationship(back_populates="repos")
+
+
+class WebhookSecret(Base):
+    """A webhook secret, encrypted at rest (we need the plaintext back to compute HMACs)."""
+
+    __tablename__ = "webhook_secrets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    connection: Mapped[Connection] = relationship(back_populates="secrets")
+
+
+class Delivery(Base):
+    """A webhook as received. Stored and committed before it is acknowledged (promise 1)."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("connection_id", "request_uuid", name="uq_delivery_request"),
+        Index("ix_deliveries_status_received", "status", "received_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
+    request_uuid: Mapped[str] = mapped_column(String(64))
+    hook_uuid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    event_key: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    body: Mapped[str] = mapped_column(Text)
+    # received -> processed | failed, or ignored straight away for events we do not sync
+    status: Mapped[str] = mapped_column(String(16), default="received")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Ticket(Base):
+    """A ticket in the built-in helpdesk."""
+
+    __tablename__ = "tickets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(32), default="new")
+    priority: Mapped[str] = mapped_column(String(32), default="normal")
+    type: Mapped[str] = mapped_column(String(32), default="problem")
+    assignee: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    reporter: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    comments: Mapped[list[TicketComment]] = relationship(
+        back_populates="ticket", cascade="all, delete-orphan", order_by="TicketComment.id")
+
+
+class TicketComment(Base):
+    __tablename__ = "ticket_comments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
+    body: Mapped[str] = mapped_column(Text)
+    internal: Mapped[bool] = mapped_column(Boolean, default=False)
+    author: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    ticket: Mapped[Ticket] = relationship(back_populates="comments")
+
+
+class Link(Base):
+    """One Bitbucket issue <-> one target ticket, within a connection."""
+
+    __tablename__ = "links"
+    __table_args__ = (
+        UniqueConstraint("connection_id", "bitbucket_repo", "bitbucket_issue_id", name="uq_link_issue"),
+        UniqueConstraint("connection_id", "target_id", name="uq_link_target"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
+    bitbucket_repo: Mapped[str] = mapped_column(String(255))
+    bitbucket_issue_id: Mapped[int] = mapped_column(Integer)
+    bitbucket_url: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    target_id: Mapped[str] = mapped_column(String(64))
+    # The newest Bitbucket `updated_on` applied; older events are stale.
+    bitbucket_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class CommentLink(Base):
+    __tablename__ = "comment_links"
+    __table_args__ = (
+        UniqueConstraint("link_id", "bitbucket_comment_id", name="uq_comment_link_bitbucket"),
+        UniqueConstraint("link_id", "target_comment_id", name="uq_comment_link_target"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    link_id: Mapped[int] = mapped_column(ForeignKey("links.id", ondelete="CASCADE"))
+    bitbucket_comment_id: Mapped[int] = mapped_column(Integer)
+    target_comment_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Shadow(Base):
+    """The merge base of one field of one link: the pair of values both sides last agreed on.
+
+    Both values are kept, not one, because maps are lossy: the issue may say `duplicate` while
+    the ticket says `closed`, and both are "in agreement".
+    """
+
+    __tablename__ = "shadows"
+
+    link_id: Mapped[int] = mapped_column(ForeignKey("links.id", ondelete="CASCADE"), primary_key=True)
+    field: Mapped[str] = mapped_column(String(32), primary_key=True)
+    bitbucket_value: Mapped[str | None] = mapped_column(Text, nullable=True)
+    target_value: Mapped[str | None] = mapped_column(Text, nullable=True)
+    bitbucket_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    target_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class LedgerEntry(Base):
+    """One decision. Append-only: rows are inserted, never updated (conflict resolution adds one)."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (Index("ix_ledger_connection_id", "connection_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
+    link_id: Mapped[int | None] = mapped_column(ForeignKey("links.id", ondelete="SET NULL"), nullable=True)
+    delivery_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    direction: Mapped[str] = mapped_column(String(16))  # forward (Bitbucket -> target) | reverse
+    outcome: Mapped[str] = mapped_column(String(16))
+    field: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    base_value: Mapped[str | None] = mapped_column(Text, nullable=True)
+    old_value: Mapped[str | None] = mapped_column(Text, nullable=True)
+    new_value: Mapped[str | None] = mapped_column(Text, nullable=True)
+    bitbucket_value: Mapped[str | None] = mapped_column(Text, nullable=True)
+    target_value: Mapped[str | None] = mapped_column(Text, nullable=True)
+    bitbucket_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    target_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    policy: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    winner: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    actor: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,67 @@
+"""The ledger: append-only record of every decision, and how it reads to a person."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worker.db.models import LedgerEntry
+
+OUTCOMES = ("applied", "noop", "echo", "stale", "unmapped", "conflict", "failed", "ignored")
+
+
+def record(session: Session, *, connection_id: int, direction: str, outcome: str,
+           **fields: Any) -> LedgerEntry:
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown ledger outcome {outcome!r}")
+    entry = LedgerEntry(connection_id=connection_id, direction=direction, outcome=outcome, **fields)
+    session.add(entry)
+    return entry
+
+
+def entries(session: Session, connection_id: int, *, limit: int = 100,
+            before_id: int | None = None) -> list[LedgerEntry]:
+    query = select(LedgerEntry).where(LedgerEntry.connection_id == connection_id)
+    if before_id is not None:
+        query = query.where(LedgerEntry.id < before_id)
+    return list(session.scalars(query.order_by(LedgerEntry.id.desc()).limit(limit)))
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def as_dict(e: LedgerEntry) -> dict[str, Any]:
+    return {
+        "id": e.id, "outcome": e.outcome, "direction": e.direction, "field": e.field,
+        "old": e.old_value, "new": e.new_value, "base": e.base_value,
+        "bitbucket_value": e.bitbucket_value, "target_value": e.target_value,
+        "bitbucket_at": _iso(e.bitbucket_at), "target_at": _iso(e.target_at),
+        "policy": e.policy, "winner": e.winner, "actor": e.actor,
+        "delivery": e.delivery_id, "link": e.link_id, "detail": e.detail,
+        "time": _iso(e.created_at),
+    }
+
+
+def explain(e: LedgerEntry) -> str:
+    """One line a person can read: what happened, to what, and why."""
+    arrow = "Bitbucket -> helpdesk" if e.direction == "forward" else "helpdesk -> Bitbucket"
+    what = f"{e.field}: {e.old_value!r} -> {e.new_value!r}" if e.field else ""
+    if e.outcome == "conflict":
+        who = e.winner or "nobody yet (open)"
+        what = (f"{e.field}: base {e.base_value!r}, Bitbucket {e.bitbucket_value!r}, helpdesk "
+                f"{e.target_value!r}; policy {e.policy}, winner {who}")
+    elif e.outcome == "unmapped":
+        what = f"{e.field}: {e.bitbucket_value!r} has no mapping"
+    parts = [e.created_at.strftime("%Y-%m-%d %H:%M:%S"), f"{e.outcome:<8}", arrow]
+    if what:
+        parts.append(what)
+    if e.detail:
+        parts.append(f"({e.detail})")
+    if e.actor:
+        parts.append(f"by {e.actor}")
+    if e.delivery_id:
+        parts.append(f"delivery {e.delivery_id}")
+    return "  ".join(parts)

@@ -1,0 +1,1 @@
+"""Where the pure engine meets storage and the sides: load, lock, decide, apply, record."""

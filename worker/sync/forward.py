@@ -1,0 +1,205 @@
+"""Forward sync: one stored Bitbucket delivery -> the target side, in one transaction.
+
+The order of work is the design's: lock the delivery (so a re-run sees it done), lock the link
+(so one link's events apply one at a time), normalize, decide each field against the shadow,
+apply to the target, then update shadows and write the ledger in the same transaction.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worker import connections, ledger
+from worker.db.models import CommentLink, Connection, Delivery, Link, Shadow, utcnow
+from worker.engine.events import MISSING, SYNCED_FIELDS, IssueEvent, MalformedEvent, normalize
+from worker.engine.merge import FieldDecision, ShadowPair, decide_field, is_stale
+from worker.targets.local import LocalHelpdesk
+
+log = logging.getLogger("bbsync.sync")
+
+DIRECTION = "forward"
+TARGET_DEFAULTS = {"status": "new", "priority": "normal", "type": "problem"}
+
+
+@dataclass
+class Outcome:
+    delivery_id: str
+    status: str  # processed | ignored | failed | skipped (already done)
+    detail: str = ""
+
+
+def _identity(value: str | None) -> str | None:
+    return value
+
+
+def _mappers(tables, field: str):
+    if field in tables.fields:
+        return (lambda v: tables.to_target(field, v)), (lambda v: tables.to_bitbucket(field, v))
+    return _identity, _identity
+
+
+def process_delivery(session: Session, delivery_id: str) -> Outcome:
+    delivery = session.scalar(select(Delivery).where(Delivery.id == delivery_id).with_for_update())
+    if delivery is None:
+        return Outcome(delivery_id, "failed", "no such delivery")
+    if delivery.status != "received":
+        return Outcome(delivery_id, "skipped", f"already {delivery.status}")
+    conn = session.get(Connection, delivery.connection_id)
+
+    try:
+        event = normalize(delivery.event_key, json.loads(delivery.body))
+    except (MalformedEvent, ValueError) as exc:
+        return _finish(session, conn, delivery, "ignored", f"malformed payload: {exc}")
+    if event.issue.repo not in {r.full_name for r in conn.repos}:
+        return _finish(session, conn, delivery, "ignored",
+                       f"repository {event.issue.repo} is not part of connection {conn.name}")
+
+    link = session.scalar(
+        select(Link).where(Link.connection_id == conn.id, Link.bitbucket_repo == event.issue.repo,
+                           Link.bitbucket_issue_id == event.issue.issue_id).with_for_update())
+    target = LocalHelpdesk(session)
+    if link is None:
+        link = _create_link(session, conn, delivery, event, target)
+    else:
+        if is_stale(event.issue.updated_at, link.bitbucket_updated_at):
+            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="stale",
+                          link_id=link.id, delivery_id=delivery.id, actor=event.actor,
+                          bitbucket_at=event.issue.updated_at,
+                          detail=f"event from {event.issue.updated_at.isoformat()} is older than "
+                                 f"the {link.bitbucket_updated_at.isoformat()} already applied")
+            _sync_comment(session, conn, delivery, event, link, target)
+            return _finish(session, conn, delivery, "processed", "stale")
+        _update_link(session, conn, delivery, event, link, target)
+    _sync_comment(session, conn, delivery, event, link, target)
+    if event.issue.updated_at and (link.bitbucket_updated_at is None
+                                   or event.issue.updated_at > link.bitbucket_updated_at):
+        link.bitbucket_updated_at = event.issue.updated_at
+    return _finish(session, conn, delivery, "processed")
+
+
+def _finish(session: Session, conn: Connection, delivery: Delivery, status: str,
+            detail: str = "") -> Outcome:
+    if status == "ignored":
+        ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="ignored",
+                      delivery_id=delivery.id, detail=detail)
+    delivery.status = status
+    delivery.error = detail if status in ("ignored", "failed") else None
+    delivery.processed_at = utcnow()
+    log.info("sync.delivery_%s connection=%s delivery=%s event=%s %s", status, conn.name,
+             delivery.id, delivery.event_key, detail)
+    return Outcome(delivery.id, status, detail)
+
+
+def _create_link(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
+                 target: LocalHelpdesk) -> Link:
+    """First sight of an issue (created now, or before the connection existed)."""
+    tables = connections.tables_for(conn)
+    fields: dict[str, str | None] = {}
+    decisions: list[FieldDecision] = []
+    for field in SYNCED_FIELDS:
+        incoming = event.issue.fields.get(field, MISSING)
+        if incoming is MISSING:
+            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="unmapped",
+                          field=field, delivery_id=delivery.id, actor=event.actor,
+                          detail="the payload carries no value for this field")
+            continue
+        to_dest, to_source = _mappers(tables, field)
+        d = decide_field(field, incoming, None, None, to_dest=to_dest, to_source=to_source)
+        decisions.append(d)
+        if d.write:
+            fields[field] = d.new_dest
+    for field, default in TARGET_DEFAULTS.items():
+        fields.setdefault(field, default)
+
+    target_id = target.create(fields, reporter=event.issue.reporter)
+    link = Link(connection_id=conn.id, bitbucket_repo=event.issue.repo,
+                bitbucket_issue_id=event.issue.issue_id, bitbucket_url=event.issue.url,
+                target_id=target_id)
+    session.add(link)
+    session.flush()  # a concurrent creator of the same link fails here, and its task retries
+    ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="applied",
+                  link_id=link.id, delivery_id=delivery.id, actor=event.actor,
+                  bitbucket_at=event.issue.updated_at, new_value=f"ticket {target_id}",
+                  detail=f"created ticket {target_id} for {event.issue.repo}#{event.issue.issue_id}")
+    for d in decisions:
+        _record_decision(session, conn, delivery, event, link, d, created=True)
+    return link
+
+
+def _update_link(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
+                 link: Link, target: LocalHelpdesk) -> None:
+    tables = connections.tables_for(conn)
+    current = target.read(link.target_id)
+    shadows = {s.field: s for s in session.scalars(select(Shadow).where(Shadow.link_id == link.id))}
+    changes: dict[str, str | None] = {}
+    for field in SYNCED_FIELDS:
+        incoming = event.issue.fields.get(field, MISSING)
+        if incoming is MISSING:
+            continue
+        row = shadows.get(field)
+        base = ShadowPair(row.bitbucket_value, row.target_value) if row else None
+        to_dest, to_source = _mappers(tables, field)
+        d = decide_field(field, incoming, current.fields.get(field), base,
+                         to_dest=to_dest, to_source=to_source,
+                         policy=connections.policy_for(conn, field),
+                         source_at=event.issue.updated_at, dest_at=current.updated_at)
+        if d is None:
+            continue
+        if d.write:
+            changes[field] = d.new_dest
+        _record_decision(session, conn, delivery, event, link, d, shadow=row)
+    target.apply(link.target_id, changes)
+
+
+def _record_decision(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
+                     link: Link, d: FieldDecision, *, shadow: Shadow | None = None,
+                     created: bool = False) -> None:
+    if d.new_shadow is not None:
+        if shadow is None:
+            shadow = Shadow(link_id=link.id, field=d.field)
+            session.add(shadow)
+        shadow.bitbucket_value = d.new_shadow.source
+        shadow.target_value = d.new_shadow.dest
+        shadow.bitbucket_at = event.issue.updated_at
+        if d.write:
+            shadow.target_at = utcnow()
+    ledger.record(
+        session, connection_id=conn.id, direction=DIRECTION, outcome=d.outcome, field=d.field,
+        link_id=link.id, delivery_id=delivery.id, actor=event.actor,
+        base_value=d.base.source if d.base else None,
+        old_value=None if created else d.dest_value,
+        new_value=d.new_dest if d.write else d.dest_value,
+        bitbucket_value=d.source_value, target_value=d.dest_value,
+        bitbucket_at=event.issue.updated_at, policy=d.policy, winner=d.winner,
+        detail=d.detail or None,
+    )
+
+
+def _sync_comment(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
+                  link: Link, target: LocalHelpdesk) -> None:
+    """A Bitbucket comment becomes an internal note on the ticket, once."""
+    comment = event.comment
+    if comment is None:
+        return
+    exists = session.scalar(select(CommentLink.id).where(
+        CommentLink.link_id == link.id, CommentLink.bitbucket_comment_id == comment.id))
+    if exists is not None:
+        ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="noop",
+                      field="comment", link_id=link.id, delivery_id=delivery.id, actor=comment.author,
+                      bitbucket_value=str(comment.id), detail="comment already synced")
+        return
+    note_id = target.add_comment(link.target_id, comment.body, internal=True, author=comment.author)
+    session.add(CommentLink(link_id=link.id, bitbucket_comment_id=comment.id, target_comment_id=note_id))
+    ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="applied",
+                  field="comment", link_id=link.id, delivery_id=delivery.id, actor=comment.author,
+                  bitbucket_value=str(comment.id), new_value=_excerpt(comment.body),
+                  detail=f"internal note {note_id} from Bitbucket comment {comment.id}")
+
+
+def _excerpt(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"

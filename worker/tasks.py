@@ -1,0 +1,91 @@
+"""Celery tasks: thin. Ids in, the work in worker.sync, an explicit list of what is retried."""
+from __future__ import annotations
+
+import logging
+import random
+from datetime import timedelta
+
+from celery.signals import worker_ready
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from worker import ledger
+from worker.celery_app import MAX_TASK_DELAY_SECONDS, app
+from worker.db.models import Delivery, utcnow
+from worker.db.session import transaction
+from worker.sync import forward
+
+log = logging.getLogger("bbsync.tasks")
+
+#: Transient by nature: a database blip, a lock timeout, or losing a race to create the same
+#: link (the unique constraint fires; on retry the link exists). Anything else is a bug or bad
+#: data and must not loop: it is recorded as failed for a person to see and replay.
+RETRYABLE = (OperationalError, IntegrityError)
+MAX_RETRIES = 8
+#: How long a stored delivery may wait unqueued before the sweeper enqueues it again.
+REQUEUE_AFTER = timedelta(seconds=30)
+
+
+def _backoff(retries: int) -> float:
+    """Exponential backoff with full jitter, capped below the broker's visibility timeout."""
+    return random.uniform(0, min(MAX_TASK_DELAY_SECONDS, 2 ** retries))
+
+
+@app.task(bind=True, name="bbsync.process_delivery", max_retries=MAX_RETRIES)
+def process_delivery(self, delivery_id: str) -> str:
+    try:
+        with transaction() as session:
+            return forward.process_delivery(session, delivery_id).status
+    except RETRYABLE as exc:
+        if self.request.retries >= MAX_RETRIES:
+            _mark_failed(delivery_id, f"gave up after {MAX_RETRIES} retries: {exc.__class__.__name__}")
+            raise
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries))
+    except Exception as exc:
+        _mark_failed(delivery_id, f"{exc.__class__.__name__}: {exc}")
+        raise
+
+
+def _mark_failed(delivery_id: str, reason: str) -> None:
+    log.error("sync.delivery_failed delivery=%s reason=%s", delivery_id, reason)
+    with transaction() as session:
+        delivery = session.get(Delivery, delivery_id)
+        if delivery is None or delivery.status != "received":
+            return
+        delivery.status, delivery.error, delivery.processed_at = "failed", reason[:2000], utcnow()
+        ledger.record(session, connection_id=delivery.connection_id, direction="forward",
+                      outcome="failed", delivery_id=delivery_id, detail=reason[:2000])
+
+
+def enqueue_delivery(delivery_id: str) -> bool:
+    """Queue a stored delivery. A broker outage is logged, not raised: the row is safe and the
+    sweeper queues it later, so the webhook can still be acknowledged."""
+    try:
+        process_delivery.apply_async(args=[delivery_id])
+        return True
+    except Exception as exc:  # kombu raises a zoo of connection errors; all mean "not queued"
+        log.warning("webhook.enqueue_failed delivery=%s error=%s", delivery_id, exc.__class__.__name__)
+        return False
+
+
+def requeue_pending(older_than: timedelta = REQUEUE_AFTER) -> int:
+    """Enqueue every stored delivery still waiting after `older_than`. Safe to repeat: a task
+    finds an already processed delivery done and does nothing."""
+    cutoff = utcnow() - older_than
+    with transaction() as session:
+        ids = list(session.scalars(select(Delivery.id).where(
+            Delivery.status == "received", Delivery.received_at <= cutoff).order_by(Delivery.received_at)))
+    return sum(enqueue_delivery(i) for i in ids)
+
+
+@app.task(name="bbsync.requeue_pending")
+def requeue_pending_task() -> int:
+    return requeue_pending()
+
+
+@worker_ready.connect
+def _requeue_on_start(**_kwargs) -> None:
+    # Deliveries stored while no worker or broker was up are picked up when one starts.
+    count = requeue_pending(older_than=timedelta(0))
+    if count:
+        log.info("worker.requeued count=%d", count)
