@@ -45,6 +45,7 @@ def _positive_int(raw: str | None, name: str) -> int | None:
 @bp.get("/tickets")
 def list_tickets():
     repo = request.args.get("bitbucket_repo")
+    connection_name = request.args.get("connection")
     try:
         issue_id = _positive_int(request.args.get("bitbucket_issue"), "bitbucket_issue")
         limit = min(_positive_int(request.args.get("limit"), "limit") or 100, MAX_LIMIT)
@@ -53,12 +54,19 @@ def list_tickets():
     if issue_id is not None and not repo:
         return error(400, "bitbucket_issue needs bitbucket_repo")
     with _sessions()() as session:
+        conn = None
+        if connection_name is not None:
+            conn = connections.get(session, connection_name)
+            if conn is None:
+                return error(404, f"unknown connection {connection_name!r}")
         query = (select(Ticket, Link).outerjoin(Link, Link.target_id == cast(Ticket.id, String))
                  .options(selectinload(Ticket.comments)).order_by(Ticket.id).limit(limit))
         if repo:
             query = query.where(Link.bitbucket_repo == repo)
         if issue_id is not None:
             query = query.where(Link.bitbucket_issue_id == issue_id)
+        if conn is not None:
+            query = query.where(Link.connection_id == conn.id)
         rows = session.execute(query).all()
         return jsonify({"tickets": [ticket_json(t, link) for t, link in rows]})
 

@@ -62,7 +62,7 @@ def receive(name: str):
         return error(400, "missing X-Event-Key header")
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return error(400, "body is not valid JSON")
     problem = quick_check(event_key, payload)
     if problem:
