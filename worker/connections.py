@@ -61,6 +61,8 @@ def validate(spec: ConnectionSpec) -> None:
 
 
 def get(session: Session, name: str) -> Connection | None:
+    if not NAME_RE.match(name):  # cannot exist; and keeps NULs and junk away from the database
+        return None
     return session.scalar(select(Connection).where(Connection.name == name)
                           .options(selectinload(Connection.repos), selectinload(Connection.secrets)))
 

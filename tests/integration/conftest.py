@@ -79,9 +79,10 @@ class Running:
     web_url: str
     engine: Engine
 
-    def add_connection(self, repos: list[str], secret: str = "s3cret-" + uuid.uuid4().hex,
+    def add_connection(self, repos: list[str], secret: str | None = None,
                        name: str | None = None) -> tuple[str, str]:
         name = name or f"c{uuid.uuid4().hex[:12]}"
+        secret = secret or "s3cret-" + uuid.uuid4().hex
         args = ["connection", "add", name, "--webhook-secret", secret]
         for repo in repos:
             args += ["--repo", repo]
