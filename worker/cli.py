@@ -129,6 +129,18 @@ def deliveries_requeue() -> None:
     click.echo(f"enqueued {requeue_pending(older_than=timedelta(0))} delivery(ies)")
 
 
+@deliveries.command("enqueue")
+@click.argument("delivery_ids", nargs=-1, required=True)
+def deliveries_enqueue(delivery_ids: tuple[str, ...]) -> None:
+    """Queue deliveries by id again. Safe: a delivery already processed is skipped."""
+    from worker.tasks import enqueue_delivery
+    for delivery_id in delivery_ids:
+        if not delivery_id.isalnum() or len(delivery_id) > 32:
+            _fail(f"{delivery_id!r} is not a delivery id")
+    queued = sum(enqueue_delivery(d) for d in delivery_ids)
+    click.echo(f"enqueued {queued} of {len(delivery_ids)}")
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=7990, show_default=True, type=click.IntRange(1, 65535))

@@ -47,6 +47,8 @@ def process_delivery(session: Session, delivery_id: str) -> Outcome:
     if delivery is None:
         return Outcome(delivery_id, "failed", "no such delivery")
     if delivery.status != "received":
+        # A redelivery, a sweeper's second enqueue, or an operator's re-run: no second effect.
+        log.info("sync.delivery_skipped delivery=%s status=%s", delivery_id, delivery.status)
         return Outcome(delivery_id, "skipped", f"already {delivery.status}")
     conn = session.get(Connection, delivery.connection_id)
 
