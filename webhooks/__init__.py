@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from flask import Flask, jsonify
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings, get_settings
 from webhooks.directory import ConnectionDirectory
-from worker.db.session import session_factory
+from worker.db.session import get_engine, session_factory
 
 log = logging.getLogger("bbsync.webhooks")
 
@@ -18,6 +19,7 @@ log = logging.getLogger("bbsync.webhooks")
 @dataclass
 class AppState:
     settings: Settings
+    engine: Engine
     sessions: sessionmaker[Session]
     directory: ConnectionDirectory
     enqueue: Callable[[str], None]
@@ -35,7 +37,7 @@ def create_app(settings: Settings | None = None,
     app = Flask(__name__)
     # Werkzeug enforces this too; the receiver checks first to answer with its own message.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
-    app.extensions["bbsync"] = AppState(settings, sessions, ConnectionDirectory(sessions),
+    app.extensions["bbsync"] = AppState(settings, get_engine(settings.database_url), sessions, ConnectionDirectory(sessions),
                                         enqueue or _celery_enqueue)
 
     from webhooks import api, receiver

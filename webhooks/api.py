@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
-from sqlalchemy import String, cast, select
+from sqlalchemy import String, cast, func, select
 from sqlalchemy.orm import selectinload
 
 from worker import connections, ledger
-from worker.db.models import Link, Ticket
+from worker.db.models import Delivery, Link, Ticket
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 MAX_LIMIT = 500
+DELIVERY_STATUSES = ("received", "processed", "ignored", "failed")
 
 
 def error(status: int, message: str):
@@ -97,3 +98,34 @@ def get_ledger():
             return error(404, f"unknown connection {name!r}")
         rows = ledger.entries(session, conn.id, limit=limit, before_id=before)
         return jsonify({"entries": [ledger.as_dict(e) for e in rows]})
+
+
+@bp.get("/deliveries")
+def list_deliveries():
+    """Stored webhook deliveries of a connection, newest first, with counts by status."""
+    name = request.args.get("connection")
+    status = request.args.get("status")
+    if not name:
+        return error(400, "connection is required")
+    if status is not None and status not in DELIVERY_STATUSES:
+        return error(400, f"status must be one of {', '.join(DELIVERY_STATUSES)}")
+    try:
+        limit = min(_positive_int(request.args.get("limit"), "limit") or 100, MAX_LIMIT)
+    except ValueError as exc:
+        return error(400, str(exc))
+    with _sessions()() as session:
+        conn = connections.get(session, name)
+        if conn is None:
+            return error(404, f"unknown connection {name!r}")
+        counts = dict(session.execute(select(Delivery.status, func.count()).where(
+            Delivery.connection_id == conn.id).group_by(Delivery.status)).all())
+        query = select(Delivery).where(Delivery.connection_id == conn.id)
+        if status:
+            query = query.where(Delivery.status == status)
+        rows = session.scalars(query.order_by(Delivery.received_at.desc()).limit(limit))
+        return jsonify({"counts": counts, "deliveries": [{
+            "id": d.id, "event": d.event_key, "status": d.status, "error": d.error,
+            "attempt": d.attempt, "request_uuid": d.request_uuid,
+            "received_at": d.received_at.isoformat(),
+            "processed_at": d.processed_at.isoformat() if d.processed_at else None,
+        } for d in rows]})

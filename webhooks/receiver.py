@@ -12,11 +12,10 @@ import uuid
 
 from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from webhooks import signatures
-from worker import ledger
-from worker.db.models import Delivery
+from worker.db.models import Delivery, LedgerEntry, utcnow
+from worker.db.session import insert_ignoring_duplicates
 from worker.engine.events import ISSUE_EVENTS, quick_check
 
 log = logging.getLogger("bbsync.webhooks")
@@ -81,32 +80,31 @@ def receive(name: str):
 
 def _store(ext, connection_id: int, request_uuid: str, event_key: str, body: bytes,
            ignored: bool) -> tuple[str, bool]:
-    """Insert the delivery and commit. Returns (id, True) or, for a duplicate, (existing id, False)."""
+    """Insert the delivery and commit. Returns (id, True) or, for a duplicate, (existing id, False).
+
+    Core, not the ORM: this is the hot path, and one INSERT ... ON CONFLICT DO NOTHING is all
+    it needs (the unique key on (connection, X-Request-UUID) makes concurrent duplicates safe).
+    """
     delivery_id = uuid.uuid4().hex
-    row = Delivery(
+    row = dict(
         id=delivery_id, connection_id=connection_id, request_uuid=request_uuid,
-        hook_uuid=_header_id("X-Hook-UUID"), event_key=event_key,
-        attempt=_attempt(), body=body.decode("utf-8"),
-        status="ignored" if ignored else "received",
-        error=f"event {event_key} is not synced" if ignored else None,
+        hook_uuid=_header_id("X-Hook-UUID"), event_key=event_key, attempt=_attempt(),
+        body=body.decode("utf-8"), status="ignored" if ignored else "received",
+        error=f"event {event_key} is not synced" if ignored else None, received_at=utcnow(),
     )
-    with ext.sessions() as session:
-        try:
-            with session.begin():
-                session.add(row)
-                if ignored:
-                    session.flush()
-                    ledger.record(session, connection_id=connection_id, direction="forward",
-                                  outcome="ignored", delivery_id=delivery_id,
-                                  detail=f"event {event_key} is not synced by this product")
+    with ext.engine.begin() as conn:
+        inserted = conn.execute(insert_ignoring_duplicates(conn.dialect.name, Delivery.__table__),
+                                row).rowcount
+        if inserted and ignored:
+            conn.execute(LedgerEntry.__table__.insert().values(
+                connection_id=connection_id, direction="forward", outcome="ignored",
+                delivery_id=delivery_id, detail=f"event {event_key} is not synced by this product",
+                created_at=utcnow()))
+        if inserted:
             return delivery_id, True
-        except IntegrityError:
-            # Same X-Request-UUID already stored: a retry or a duplicate. No second effect.
-            existing = session.scalar(select(Delivery.id).where(
-                Delivery.connection_id == connection_id, Delivery.request_uuid == request_uuid))
-            if existing is None:
-                raise
-            return existing, False
+        existing = conn.execute(select(Delivery.id).where(
+            Delivery.connection_id == connection_id, Delivery.request_uuid == request_uuid)).scalar_one()
+        return existing, False
 
 
 def _attempt() -> int:

@@ -170,11 +170,10 @@ def worker(ctx: click.Context) -> None:
 
 
 @main.command()
-@click.option("--keep", is_flag=True, help="Keep var/demo after the run.")
-def demo(keep: bool) -> None:
+def demo() -> None:
     """Run the end-to-end demo on the embedded default (no servers needed)."""
     from worker.demo import run
-    sys.exit(run(keep=keep))
+    sys.exit(run())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,7 +48,14 @@ def as_dict(e: LedgerEntry) -> dict[str, Any]:
 def explain(e: LedgerEntry) -> str:
     """One line a person can read: what happened, to what, and why."""
     arrow = "Bitbucket -> helpdesk" if e.direction == "forward" else "helpdesk -> Bitbucket"
-    what = f"{e.field}: {e.old_value!r} -> {e.new_value!r}" if e.field else ""
+    if not e.field:
+        what = ""
+    elif e.field == "comment":
+        what = f"comment {e.new_value!r}" if e.new_value else "comment"
+    elif e.old_value is None and e.outcome == "applied":
+        what = f"{e.field} = {e.new_value!r}"
+    else:
+        what = f"{e.field}: {e.old_value!r} -> {e.new_value!r}"
     if e.outcome == "conflict":
         who = e.winner or "nobody yet (open)"
         what = (f"{e.field}: base {e.base_value!r}, Bitbucket {e.bitbucket_value!r}, helpdesk "
