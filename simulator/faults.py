@@ -50,7 +50,10 @@ class FaultQueue:
             raise ValueError(f"status must be one of {sorted(ALLOWED_STATUSES)}, not {status}")
         if times < 1:
             raise ValueError("times must be at least 1")
-        pattern = re.compile(path) if path else None    # re.error is a ValueError
+        try:
+            pattern = re.compile(path) if path else None
+        except re.error as exc:
+            raise ValueError(f"path is not a valid regular expression: {exc}") from None
         fault = Fault(status, times, method.upper() if method else None, pattern)
         with self._lock:
             self._faults.append(fault)
