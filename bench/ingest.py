@@ -115,6 +115,7 @@ def main() -> int:
 
         load(real, 2, args.concurrency)  # warm-up: connection pools, imports, caches
         load(bare_url, 2, args.concurrency)
+        _settle(r, queue)  # the web processes publish from a background thread
         warm = _count_rows(db_url)
         r.delete(queue)
 
@@ -124,8 +125,8 @@ def main() -> int:
             runs["real"].append(load(real, args.seconds, args.concurrency))
 
         accepted = sum(x["accepted"] for x in runs["real"])
+        queued = _settle(r, queue)
         rows = _count_rows(db_url) - warm
-        queued = r.llen(queue)
         print(f"ingest benchmark: {args.rounds} round(s) x {args.seconds:.0f} s, "
               f"{args.concurrency} concurrent connections, gunicorn {' '.join(GUNICORN)}")
         for name in ("bare", "real"):
@@ -146,6 +147,17 @@ def main() -> int:
         r.delete(queue)
         with psycopg.connect(PG_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+def _settle(r: redis.Redis, queue: str, quiet_seconds: float = 1.0) -> int:
+    """Wait until the queue stops growing; returns its length."""
+    last, since = -1, time.monotonic()
+    while time.monotonic() - since < quiet_seconds:
+        n = r.llen(queue)
+        if n != last:
+            last, since = n, time.monotonic()
+        time.sleep(0.1)
+    return last
 
 
 def _count_rows(db_url: str) -> int:

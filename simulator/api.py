@@ -130,6 +130,8 @@ def get_repository(workspace: str, slug: str):
 @bp.put(REPO)
 def put_repository(workspace: str, slug: str):
     body = _json_body()
+    if not isinstance(body, dict):
+        raise ApiError(400, "Bad request", detail="The request body must be a JSON object.")
     state = _state()
     try:
         return jsonify(state.update_repository(workspace, slug, body))

@@ -78,10 +78,9 @@ class SimulatorState(IssueOperations, HookOperations):
         self._users: dict[str, User] = {}              # by uuid (with braces)
         self._removed_trackers: set[str] = set()
         self._downloads: dict[str, tuple[bytes, str, str]] = {}   # one-time attachment URLs
-        self._next_comment_id = 0
-        self._next_change_id = 0
+        self._next_comment_id = FIRST_COMMENT_ID
+        self._next_change_id = FIRST_CHANGE_ID
         self._last_now = datetime.min.replace(tzinfo=timezone.utc)
-        self._reset_counters()
 
     # -- test-facing records and lifecycle -------------------------------------------------
 
@@ -111,7 +110,7 @@ class SimulatorState(IssueOperations, HookOperations):
 
     def reset(self) -> None:
         """Forget everything: repositories, users, tokens, faults, logs and records."""
-        self.wait_for_deliveries(timeout=30)
+        self.wait_for_deliveries()     # so no delivery from before lands after the reset
         with self.lock:
             self._repos.clear()
             self._users.clear()
@@ -122,13 +121,10 @@ class SimulatorState(IssueOperations, HookOperations):
             self.tokens.clear()
             self.faults.clear()
             self.token_ttl = 3600
-            self._reset_counters()
+            self._next_comment_id = FIRST_COMMENT_ID
+            self._next_change_id = FIRST_CHANGE_ID
             if self._dispatcher:
                 self._dispatcher.clear_records()
-
-    def _reset_counters(self) -> None:
-        self._next_comment_id = FIRST_COMMENT_ID
-        self._next_change_id = FIRST_CHANGE_ID
 
     def log_request(self, method: str, path: str, status: int) -> None:
         with self.lock:
@@ -145,10 +141,10 @@ class SimulatorState(IssueOperations, HookOperations):
     # -- users -----------------------------------------------------------------------------
 
     def ensure_user(self, display_name: str, nickname: str | None = None,
-                    uuid_: str | None = None, account_id: str | None = None) -> dict:
+                    user_uuid: str | None = None, account_id: str | None = None) -> dict:
         """Add (or find) a user, e.g. a human to assign issues to; returns its payload."""
         with self.lock:
-            return payloads.user(self._user(display_name, nickname, uuid_, account_id),
+            return payloads.user(self._user(display_name, nickname, user_uuid, account_id),
                                  self.public_url)
 
     def _user(self, display_name: str, nickname: str | None = None, uuid_: str | None = None,

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings, get_settings
 from webhooks.directory import ConnectionDirectory
+from webhooks.dispatch import Dispatcher
 from worker.db.session import get_engine, session_factory
 
 log = logging.getLogger("bbsync.webhooks")
@@ -22,23 +23,25 @@ class AppState:
     engine: Engine
     sessions: sessionmaker[Session]
     directory: ConnectionDirectory
-    enqueue: Callable[[str], None]
+    dispatcher: Dispatcher
 
 
-def _celery_enqueue(delivery_id: str) -> None:
+def _celery_enqueue(delivery_id: str) -> bool:
     from worker.tasks import enqueue_delivery
-    enqueue_delivery(delivery_id)
+    return enqueue_delivery(delivery_id)
 
 
 def create_app(settings: Settings | None = None,
-               enqueue: Callable[[str], None] | None = None) -> Flask:
+               enqueue: Callable[[str], bool] | None = None) -> Flask:
+    """The web app. `enqueue` publishes one delivery id and says whether it worked (default:
+    the Celery task); it runs on a background thread, never on the request's."""
     settings = settings or get_settings()
     sessions = session_factory(settings.database_url)
     app = Flask(__name__)
     # Werkzeug enforces this too; the receiver checks first to answer with its own message.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.extensions["bbsync"] = AppState(settings, get_engine(settings.database_url), sessions, ConnectionDirectory(sessions),
-                                        enqueue or _celery_enqueue)
+                                        Dispatcher(enqueue or _celery_enqueue))
 
     from webhooks import api, receiver
     app.register_blueprint(receiver.bp)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, selectinload
 from config import mappings
 from worker import crypto
 from worker.db.models import Connection, ConnectionRepo, WebhookSecret
+from worker.engine.events import SYNCED_FIELDS
 from worker.engine.merge import DEFAULT_POLICY, POLICIES
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -35,12 +36,12 @@ class ConnectionSpec:
 
 
 def validate(spec: ConnectionSpec) -> None:
-    if not NAME_RE.match(spec.name):
+    if not NAME_RE.fullmatch(spec.name):
         raise InvalidConnection(f"connection name {spec.name!r}: use 1-64 lowercase letters, digits, - or _")
     if not spec.repos:
         raise InvalidConnection("a connection needs at least one --repo WORKSPACE/REPO_SLUG")
     for repo in spec.repos:
-        if not REPO_RE.match(repo):
+        if not REPO_RE.fullmatch(repo):
             raise InvalidConnection(f"repository {repo!r} is not WORKSPACE/REPO_SLUG")
     if not spec.webhook_secrets:
         raise InvalidConnection("a connection needs a --webhook-secret")
@@ -49,19 +50,22 @@ def validate(spec: ConnectionSpec) -> None:
             raise InvalidConnection(f"a webhook secret must be 1-{MAX_SECRET_CHARS} printable characters")
     if spec.target not in TARGETS:
         raise InvalidConnection(f"unknown target {spec.target!r} (known: {', '.join(TARGETS)})")
-    if spec.api_url is not None and not re.match(r"^https?://[^\s?#]+$", spec.api_url):
+    if spec.api_url is not None and not re.fullmatch(r"https?://[^\s?#]+", spec.api_url):
         raise InvalidConnection(f"--api-url {spec.api_url!r} is not an http(s) URL without query")
     try:
         mappings.load(spec.mapping_override)
     except mappings.MappingError as exc:
         raise InvalidConnection(f"mapping: {exc}") from None
     for field, policy in (spec.policies or {}).items():
+        if field not in SYNCED_FIELDS:
+            raise InvalidConnection(f"policy for {field!r}: not a synced field "
+                                    f"(one of {', '.join(SYNCED_FIELDS)})")
         if policy not in POLICIES:
             raise InvalidConnection(f"policy for {field!r} must be one of {', '.join(POLICIES)}")
 
 
 def get(session: Session, name: str) -> Connection | None:
-    if not NAME_RE.match(name):  # cannot exist; and keeps NULs and junk away from the database
+    if not NAME_RE.fullmatch(name):  # cannot exist; and keeps NULs and junk away from the database
         return None
     return session.scalar(select(Connection).where(Connection.name == name)
                           .options(selectinload(Connection.repos), selectinload(Connection.secrets)))

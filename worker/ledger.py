@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker.db.models import LedgerEntry
+from worker.db.models import LedgerEntry, utcnow
 
 OUTCOMES = ("applied", "noop", "echo", "stale", "unmapped", "conflict", "failed", "ignored")
 
@@ -62,7 +62,8 @@ def explain(e: LedgerEntry) -> str:
                 f"{e.target_value!r}; policy {e.policy}, winner {who}")
     elif e.outcome == "unmapped":
         what = f"{e.field}: {e.bitbucket_value!r} has no mapping"
-    parts = [e.created_at.strftime("%Y-%m-%d %H:%M:%S"), f"{e.outcome:<8}", arrow]
+    when = e.created_at or utcnow()  # not yet flushed: it is happening now
+    parts = [when.strftime("%Y-%m-%d %H:%M:%S"), f"{e.outcome:<8}", arrow]
     if what:
         parts.append(what)
     if e.detail:

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from flask import Flask, request
 
+CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "webhooks"
 PUBLIC_URL = "http://bbsim.test"
 RECEIVER_URL = "http://receiver.test/hook"
 REPO = "acme/widgets"
@@ -19,6 +22,11 @@ def basic(username: str = "dev@example.com", password: str = "api-token") -> dic
 
 
 AUTH = basic()
+
+
+def capture(name: str) -> dict:
+    """A captured Bitbucket webhook body from tests/fixtures/webhooks/."""
+    return json.loads((CAPTURES / f"{name}.json").read_text())
 
 
 @dataclass

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import pytest
 
-from .helpers import API, PUBLIC_URL, create_issue
+from .helpers import API, AUTH, PUBLIC_URL, Api, create_issue
 
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}\+00:00")
 
@@ -125,3 +126,21 @@ def test_delete_issue(api):
     assert api.delete("issues/1").status_code == 204
     assert api.get("issues/1").status_code == 404
     assert api.delete("issues/1").status_code == 404
+
+
+def test_concurrent_creates_and_edits_stay_consistent(api, app):
+    """The store is shared by the threaded server's threads: ids and records stay whole."""
+    def work(n: int) -> int:
+        client = Api(app, AUTH)
+        issue = client.post("issues", json={"title": f"t{n}"}).json
+        client.put(f"issues/{issue['id']}", json={"state": "open"})
+        client.post(f"issues/{issue['id']}/comments", json={"content": {"raw": "x"}})
+        return issue["id"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ids = sorted(pool.map(work, range(40)))
+    assert ids == list(range(1, 41))
+    listed = api.get("issues", query_string={"pagelen": 100, "q": 'state = "open"'}).json
+    assert listed["size"] == 40
+    comment_ids = [c["id"] for i in ids for c in api.get(f"issues/{i}/comments").json["values"]]
+    assert len(set(comment_ids)) == 80

@@ -7,9 +7,7 @@ import json
 import jsonschema
 import pytest
 
-from tests.conftest import fixture_json
-
-from .helpers import API, create_issue
+from .helpers import API, capture, create_issue
 from .spec import NULLABLE, validate
 
 REAL_CAPTURES = {
@@ -89,11 +87,11 @@ def test_webhook_bodies_match_the_spec(busy, receiver):
     assert seen == set(WEBHOOK_PARTS)
 
 
-@pytest.mark.parametrize("capture", sorted(REAL_CAPTURES))
-def test_real_captures_pass_the_same_schema(capture):
+@pytest.mark.parametrize("name", sorted(REAL_CAPTURES))
+def test_real_captures_pass_the_same_schema(name):
     """The allowed nulls are exactly what real payloads need: the real captures pass."""
-    body = fixture_json(capture)
-    if capture in UNTYPED_CAPTURED_COMMENTS:
+    body = capture(name)
+    if name in UNTYPED_CAPTURED_COMMENTS:
         body["comment"]["type"] = "issue_comment"
     for part, definition in WEBHOOK_PARTS.items():
         if part in body:
@@ -115,9 +113,9 @@ def _keys(obj: dict) -> set[str]:
     return set(obj) - {"username"}
 
 
-@pytest.mark.parametrize("capture, event", sorted(REAL_CAPTURES.items()))
-def test_webhook_bodies_have_the_captured_shape(busy, receiver, capture, event):
-    real = fixture_json(capture)
+@pytest.mark.parametrize("name, event", sorted(REAL_CAPTURES.items()))
+def test_webhook_bodies_have_the_captured_shape(busy, receiver, name, event):
+    real = capture(name)
     ours = json.loads(receiver.events(event)[-1].body)
     assert set(ours) == set(real)
     for part in real:

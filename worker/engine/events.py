@@ -72,6 +72,10 @@ def display_name(user: Any) -> str | None:
     return None
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not an id
+
+
 def _text(value: Any) -> Any:
     return value if isinstance(value, str) else MISSING
 
@@ -99,7 +103,7 @@ def _comment(raw: Any) -> Comment | None:
     body = content.get("raw") if isinstance(content, dict) else None
     if not isinstance(body, str) or not body.strip():
         return None
-    if not isinstance(raw.get("id"), int):
+    if not _is_int(raw.get("id")):
         raise MalformedEvent("comment.id must be an integer")
     return Comment(id=raw["id"], body=body, author=display_name(raw.get("user")),
                    created_at=parse_time(raw.get("created_on")))
@@ -108,10 +112,12 @@ def _comment(raw: Any) -> Comment | None:
 def normalize(event_key: str, payload: Mapping[str, Any]) -> IssueEvent:
     if event_key not in ISSUE_EVENTS:
         raise MalformedEvent(f"event {event_key!r} is not an issue event")
+    if not isinstance(payload, dict):
+        raise MalformedEvent("body must be a JSON object")
     issue = payload.get("issue")
     if not isinstance(issue, dict):
         raise MalformedEvent("payload has no issue object")
-    if not isinstance(issue.get("id"), int) or isinstance(issue.get("id"), bool):
+    if not _is_int(issue.get("id")):
         raise MalformedEvent("issue.id must be an integer")
     repo = payload.get("repository")
     full_name = repo.get("full_name") if isinstance(repo, dict) else None
@@ -137,7 +143,7 @@ def normalize(event_key: str, payload: Mapping[str, Any]) -> IssueEvent:
             updated_at=parse_time(issue.get("updated_on")),
         ),
         actor=display_name(actor),
-        actor_uuid=actor.get("uuid") if isinstance(actor, dict) else None,
+        actor_uuid=actor.get("uuid") if isinstance(actor, dict) and isinstance(actor.get("uuid"), str) else None,
         comment=comment,
         change_hints=frozenset(k for k in changes if isinstance(k, str)),
     )

@@ -78,11 +78,13 @@ def decide_field(
                              new_shadow=ShadowPair(incoming, mapped), policy=policy, winner=winner,
                              detail="both sides changed; source kept", **common)
     if winner == "dest":
-        # The dest keeps its value; the shadow keeps the old dest value so that the other
-        # direction still sees the dest's change and carries it back to the source.
-        return FieldDecision(outcome="conflict", write=False, new_dest=None,
-                             new_shadow=ShadowPair(incoming, shadow.dest), policy=policy,
-                             winner=winner, detail="both sides changed; dest kept", **common)
+        # The dest keeps its value and the shadow stays the base: the dest's change is still a
+        # change for the other direction, which carries it back to the source. (Moving the
+        # base here would strand a dest that later returns to the old base value: neither
+        # direction would see a difference, and the sides would disagree for good.)
+        return FieldDecision(outcome="conflict", write=False, new_dest=None, new_shadow=None,
+                             policy=policy, winner=winner, detail="both sides changed; dest kept",
+                             **common)
     return FieldDecision(outcome="conflict", write=False, new_dest=None, new_shadow=None,
                          policy=policy, winner=None, detail="both sides changed; awaiting a person",
                          **common)

@@ -221,16 +221,16 @@ def test_bitbucket_wins_writes_the_bitbucket_value():
 def test_bitbucket_wins_in_reverse_keeps_bitbucket():
     d = rev("closed", "resolved", ShadowPair("new", "new"), policy="bitbucket_wins")
     assert (d.outcome, d.winner, d.write) == ("conflict", "dest", False)
-    assert d.new_shadow == ShadowPair("closed", "new")
+    assert d.new_shadow is None  # the base stays, so the forward direction carries Bitbucket's value
 
 
 def test_target_wins_keeps_the_helpdesk_value_and_the_old_base():
     d = conflict("target_wins")
     assert (d.outcome, d.policy, d.winner) == ("conflict", "target_wins", "dest")
     assert (d.write, d.new_dest) == (False, None)
-    # The shadow's dest stays at the old base, so the helpdesk's change still looks like a
-    # change when the reverse direction runs, and is carried back to Bitbucket.
-    assert d.new_shadow == ShadowPair("resolved", "new")
+    # The shadow stays the base, so the helpdesk's change still looks like a change when the
+    # reverse direction runs, and is carried back to Bitbucket.
+    assert d.new_shadow is None
 
 
 def test_target_wins_in_reverse_writes_the_helpdesk_value():
@@ -241,10 +241,10 @@ def test_target_wins_in_reverse_writes_the_helpdesk_value():
 
 def test_dest_win_is_carried_back_by_the_reverse_direction():
     forward_decision = conflict("target_wins")
-    kept = forward_decision.new_shadow
+    kept = forward_decision.new_shadow or forward_decision.base
     # Reverse sees the shadow from its side: (helpdesk value, Bitbucket value).
     back = rev("pending", "resolved", ShadowPair(kept.dest, kept.source), policy="target_wins")
-    assert (back.outcome, back.write, back.new_dest) == ("applied", True, "open")
+    assert (back.outcome, back.winner, back.write, back.new_dest) == ("conflict", "source", True, "open")
     assert back.new_shadow == ShadowPair("pending", "open")
 
 
@@ -253,7 +253,7 @@ def test_dest_win_followed_by_the_dest_returning_to_the_base_still_converges():
     # helpdesk wins. Then an agent puts the ticket back to `new` before the reverse sync runs.
     won = fwd("on hold", "open", ShadowPair("new", "new"), policy="target_wins")
     assert (won.winner, won.write) == ("dest", False)
-    kept = won.new_shadow
+    kept = won.new_shadow or ShadowPair("new", "new")
     back = rev("new", "on hold", ShadowPair(kept.dest, kept.source), policy="target_wins")
     again = fwd("on hold", "new", kept, policy="target_wins")
     decisions = [d for d in (back, again) if d is not None]
@@ -271,7 +271,7 @@ def test_latest_wins_gives_a_newer_source_the_write():
 def test_latest_wins_gives_a_newer_dest_the_field():
     d = conflict("latest_wins", source_at=EARLIER, dest_at=T0)
     assert (d.winner, d.write, d.new_dest) == ("dest", False, None)
-    assert d.new_shadow == ShadowPair("resolved", "new")
+    assert d.new_shadow is None
 
 
 def test_latest_wins_tie_goes_to_the_source():
