@@ -2,8 +2,8 @@
 /site/oauth2, and the simulator's own control API under /_sim (no auth; not Bitbucket's).
 
 Every /2.0 request passes, in order: injected faults (state.faults), authentication (the
-principal becomes the actor of edits and webhooks), the route; and is then logged in
-state.request_log as (method, path, status).
+principal becomes the actor of edits and webhooks), the optional rate limit (ratelimit.py),
+the route; and is then logged in state.request_log as (method, path, status).
 """
 from __future__ import annotations
 
@@ -56,10 +56,14 @@ def _is_api(path: str) -> bool:
 def _guard_api() -> Response | None:
     if not _is_api(request.path):
         return None
-    status = _state().faults.take(request.method, request.path)
+    state = _state()
+    status = state.faults.take(request.method, request.path)
     if status is not None:
         return fault_response(status)
-    g.actor = _authenticate(_state())
+    g.actor = _authenticate(state)
+    if request.path.startswith("/2.0/repositories/") and not state.rate_limiter.allow(
+            g.actor.uuid, state.rate_limit_per_hour):
+        return fault_response(429)
     return None
 
 

@@ -8,7 +8,7 @@
     GET    /_sim/requests         the /2.0 request log with counts;  DELETE clears it
     GET    /_sim/deliveries       webhook delivery attempts; ?wait=S waits for the queue first
     GET    /_sim/events           webhook events fired (with their payloads)
-    POST   /_sim/settings         {"token_ttl": seconds}
+    POST   /_sim/settings         {"token_ttl": seconds, "rate_limit_per_hour": N or null}
     POST   /_sim/tokens/expire    every issued access token expires now
     POST   /_sim/reset            forget everything
     GET    /_sim/download/<token> one-time attachment download (where attachment GETs redirect)
@@ -113,7 +113,13 @@ def settings():
         if not isinstance(ttl, (int, float)) or ttl < 0:
             return _bad("token_ttl must be a number of seconds, at least 0")
         state.token_ttl = ttl
-    return jsonify({"token_ttl": state.token_ttl})
+    if "rate_limit_per_hour" in body:
+        limit = body["rate_limit_per_hour"]
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            return _bad("rate_limit_per_hour must be a positive integer or null")
+        state.rate_limit_per_hour = limit
+    return jsonify({"token_ttl": state.token_ttl,
+                    "rate_limit_per_hour": state.rate_limit_per_hour})
 
 
 @bp.post("/tokens/expire")

@@ -29,6 +29,7 @@ from .hooks import HookOperations
 from .issues import IssueOperations
 from .models import FIRST_CHANGE_ID, FIRST_COMMENT_ID, ApiError, Repository, User
 from .oauth import ACCESS_PREFIX, TokenStore
+from .ratelimit import RateLimiter
 
 # Names are derived into stable UUIDs within this namespace, so the same credential is the
 # same user in every run (and in every test).
@@ -71,6 +72,8 @@ class SimulatorState(IssueOperations, HookOperations):
         self.faults = FaultQueue()
         self.tokens = TokenStore()
         self.token_ttl: float = 3600
+        self.rate_limit_per_hour: int | None = None     # see ratelimit.py; off by default
+        self.rate_limiter = RateLimiter()
         self.request_log: list[LoggedRequest] = []
         self.events: list[FiredEvent] = []
         self._dispatcher = Dispatcher(transport) if deliver_webhooks else None
@@ -121,6 +124,8 @@ class SimulatorState(IssueOperations, HookOperations):
             self.tokens.clear()
             self.faults.clear()
             self.token_ttl = 3600
+            self.rate_limit_per_hour = None
+            self.rate_limiter.clear()
             self._next_comment_id = FIRST_COMMENT_ID
             self._next_change_id = FIRST_CHANGE_ID
             if self._dispatcher:

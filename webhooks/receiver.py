@@ -94,7 +94,7 @@ def _store(ext, connection_id: int, request_uuid: str, event_key: str, body: byt
     )
     with ext.engine.begin() as conn:
         inserted = conn.execute(insert_ignoring_duplicates(conn.dialect.name, Delivery.__table__),
-                                row).rowcount
+                                row).first() is not None
         if inserted and ignored:
             conn.execute(LedgerEntry.__table__.insert().values(
                 connection_id=connection_id, direction="forward", outcome="ignored",

@@ -18,12 +18,13 @@ def celery_config(settings: Settings) -> dict:
     transport_options: dict = {"visibility_timeout": 3 * MAX_TASK_DELAY_SECONDS}
     if settings.embedded_broker:
         folder = settings.broker_folder
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         transport_options = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),  # default is relative to the cwd
             "store_processed": False,
             "polling_interval": 0.1,
         }

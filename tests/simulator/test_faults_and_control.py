@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import API, create_issue
+from .helpers import API, Api, basic, create_issue
 
 
 def test_injected_429_is_plain_text_without_retry_after(api, state):
@@ -135,6 +135,20 @@ def test_reset_forgets_everything(api, app, state):
 
 def test_settings_change_the_token_ttl(app, state):
     client = app.test_client()
-    assert client.post("/_sim/settings", json={"token_ttl": 5}).json == {"token_ttl": 5}
+    assert client.post("/_sim/settings", json={"token_ttl": 5}).json["token_ttl"] == 5
     assert state.token_ttl == 5
     assert client.post("/_sim/settings", json={"token_ttl": -1}).status_code == 400
+
+
+def test_optional_rate_limit_counts_per_credential(api, app, state):
+    settings = app.test_client().post("/_sim/settings", json={"rate_limit_per_hour": 3})
+    assert settings.json["rate_limit_per_hour"] == 3
+    assert [api.get("issues").status_code for _ in range(4)] == [200, 200, 200, 429]
+    limited = api.get("issues")
+    assert limited.mimetype == "text/plain" and "Retry-After" not in limited.headers
+    assert Api(app, basic("other@example.com", "t")).get(f"{API}/issues").status_code == 200
+    assert api.get("/2.0/user").status_code == 200          # only /2.0/repositories/* counts
+    state.rate_limit_per_hour = None
+    assert api.get("issues").status_code == 200
+    assert app.test_client().post("/_sim/settings",
+                                  json={"rate_limit_per_hour": 0}).status_code == 400

@@ -39,13 +39,14 @@ def _configure_sqlite(engine: Engine) -> None:
 
 @lru_cache(maxsize=32)
 def insert_ignoring_duplicates(dialect: str, table: Table) -> Insert:
-    """INSERT ... ON CONFLICT DO NOTHING, for the two databases we run on.
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING <primary key>, for the two databases we run
+    on: a row comes back only if this call inserted it (rowcount is not reliable here).
 
     Built once and executed with parameters: building a statement per call costs more CPU
     than the round trip to the database.
     """
     insert = {"postgresql": pg_insert, "sqlite": sqlite_insert}[dialect]
-    return insert(table).on_conflict_do_nothing()
+    return insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
 
 
 def make_engine(url: str) -> Engine:
