@@ -26,15 +26,15 @@ class AppState:
     dispatcher: Dispatcher
 
 
-def _celery_enqueue(delivery_id: str) -> bool:
-    from worker.tasks import enqueue_delivery
-    return enqueue_delivery(delivery_id)
+def _celery_enqueue(task: str, arg: str | int) -> bool:
+    from worker.tasks import enqueue
+    return enqueue(task, arg)
 
 
 def create_app(settings: Settings | None = None,
-               enqueue: Callable[[str], bool] | None = None) -> Flask:
-    """The web app. `enqueue` publishes one delivery id and says whether it worked (default:
-    the Celery task); it runs on a background thread, never on the request's."""
+               enqueue: Callable[[str, str | int], bool] | None = None) -> Flask:
+    """The web app. `enqueue(task, arg)` publishes one job and says whether it worked
+    (default: the Celery tasks); it runs on a background thread, never on the request's."""
     settings = settings or get_settings()
     sessions = session_factory(settings.database_url)
     app = Flask(__name__)
@@ -43,9 +43,10 @@ def create_app(settings: Settings | None = None,
     app.extensions["bbsync"] = AppState(settings, get_engine(settings.database_url), sessions, ConnectionDirectory(sessions),
                                         Dispatcher(enqueue or _celery_enqueue))
 
-    from webhooks import api, receiver
+    from webhooks import operator, receiver, tickets
     app.register_blueprint(receiver.bp)
-    app.register_blueprint(api.bp)
+    app.register_blueprint(tickets.bp)
+    app.register_blueprint(operator.bp)
 
     @app.get("/healthz")
     def healthz():

@@ -1,4 +1,4 @@
-"""Hand stored deliveries to the broker off the request thread.
+"""Hand stored work (deliveries, outbox pushes) to the broker off the request thread.
 
 The receiver's promise is "202 once committed"; publishing to the broker is not part of it. A
 background thread per web process publishes, so that a slow or dead broker never holds a
@@ -22,15 +22,16 @@ RETRY_MAX_SECONDS = 30.0
 
 
 class Dispatcher:
-    def __init__(self, publish: Callable[[str], bool]):
+    def __init__(self, publish: Callable[[str, str | int], bool]):
         self._publish = publish
-        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, str | int]] = queue.SimpleQueue()
         self._pid: int | None = None
         self._lock = threading.Lock()
 
-    def submit(self, delivery_id: str) -> None:
+    def submit(self, task: str, arg: str | int) -> None:
+        """Publish task(arg) soon; `task` is a name from worker.tasks.ENQUEUEABLE."""
         self._ensure_thread()
-        self._queue.put(delivery_id)
+        self._queue.put((task, arg))
 
     def _ensure_thread(self) -> None:
         # gunicorn forks workers after the app is built: each process needs its own thread.
@@ -43,7 +44,7 @@ class Dispatcher:
                 self._pid = os.getpid()
 
     def _run(self) -> None:
-        parked: list[str] = []
+        parked: list[tuple[str, str | int]] = []
         delay = RETRY_FIRST_SECONDS
         while True:
             try:
@@ -51,7 +52,7 @@ class Dispatcher:
             except queue.Empty:
                 item = None
             batch = parked + ([item] if item is not None else [])
-            parked = [d for d in batch if not self._publish(d)]
+            parked = [job for job in batch if not self._publish(*job)]
             if parked:
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
                 log.warning("webhook.enqueue_parked count=%d retry_in=%.0fs", len(parked), delay)

@@ -72,7 +72,7 @@ def receive(name: str):
     ignored = event_key not in ISSUE_EVENTS
     delivery_id, fresh_row = _store(ext, conn.id, request_uuid, event_key, body, ignored)
     if fresh_row and not ignored:
-        ext.dispatcher.submit(delivery_id)  # after commit: the task must find its row
+        ext.dispatcher.submit("process_delivery", delivery_id)  # after commit: the task must find its row
     log.info("webhook.%s connection=%s delivery=%s event=%s", "accepted" if fresh_row else "duplicate",
              name, delivery_id, event_key)
     return jsonify({"delivery": delivery_id}), 202

@@ -55,10 +55,28 @@ def connection() -> None:
 @click.option("--api-url", default=None, help="Bitbucket API base URL.")
 @click.option("--mapping", "mapping_file", type=click.Path(exists=True, dir_okay=False),
               help="TOML file overriding entries of the default mapping tables.")
-def connection_add(name, repos, secrets, target, api_url, mapping_file) -> None:
+@click.option("--api-token", default=None, metavar="EMAIL:TOKEN",
+              help="Bitbucket API token (Basic auth with the Atlassian account email); "
+                   "or set BBSYNC_API_TOKEN to keep it out of the process list.")
+@click.option("--policy", "policies", multiple=True, metavar="FIELD=POLICY",
+              help="Conflict policy per field: bitbucket_wins, target_wins, latest_wins, manual.")
+@click.option("--push-internal-notes/--no-push-internal-notes", default=None,
+              help="Also post internal notes to Bitbucket (off unless said).")
+def connection_add(name, repos, secrets, target, api_url, mapping_file, api_token, policies,
+                   push_internal_notes) -> None:
     """Create or update connection NAME (idempotent)."""
     from worker import connections
     from worker.db.session import transaction
+
+    api_token = api_token or os.environ.get("BBSYNC_API_TOKEN") or None
+    parsed_policies = None
+    if policies:
+        parsed_policies = {}
+        for item in policies:
+            field, sep, policy = item.partition("=")
+            if not sep:
+                _fail(f"--policy {item!r}: expected FIELD=POLICY")
+            parsed_policies[field.strip()] = policy.strip()
 
     override = None
     if mapping_file:
@@ -68,7 +86,9 @@ def connection_add(name, repos, secrets, target, api_url, mapping_file) -> None:
         except tomllib.TOMLDecodeError as exc:
             _fail(f"{mapping_file}: {exc}")
     spec = connections.ConnectionSpec(name=name, repos=tuple(repos), webhook_secrets=tuple(secrets),
-                                      target=target, api_url=api_url, mapping_override=override)
+                                      target=target, api_url=api_url, mapping_override=override,
+                                      policies=parsed_policies, api_token=api_token,
+                                      push_internal_notes=push_internal_notes)
     try:
         with transaction() as session:
             _conn, created = connections.upsert(session, spec)
@@ -86,18 +106,17 @@ def connection_list(as_json: bool) -> None:
     from worker.db.session import transaction
 
     with transaction() as session:
-        rows = [{"name": c.name, "target": c.target, "api_url": c.api_url,
-                 "repos": [r.full_name for r in c.repos],
-                 "webhook_secrets": sum(1 for s in c.secrets if s.active)}
-                for c in connections.list_all(session)]
+        rows = [connections.summary(session, c) for c in connections.list_all(session)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         click.echo("no connections")
     for r in rows:
-        click.echo(f"{r['name']:<20} target={r['target']:<8} secrets={r['webhook_secrets']}  "
-                   f"repos={', '.join(r['repos'])}")
+        status = "ISSUE TRACKER REMOVED (410) since " + r["tracker_removed_at"] if r["tracker_removed_at"] else "ok"
+        budget = f"{r['api_calls_last_hour']}/{r['api_budget_per_hour']} calls this hour" if r["credential"] else "no credential"
+        click.echo(f"{r['name']:<16} {status:<10} target={r['target']} secrets={r['webhook_secrets']} "
+                   f"{budget}  repos={', '.join(r['repos'])}")
 
 
 @main.command("ledger")
@@ -114,6 +133,74 @@ def ledger_cmd(name: str, limit: int) -> None:
             _fail(f"unknown connection {name!r}")
         lines = [ledger.explain(e) for e in ledger.entries(session, conn.id, limit=limit)]
     click.echo("\n".join(lines) if lines else "the ledger is empty")
+
+
+@main.command()
+@click.argument("ticket_id", type=click.IntRange(1))
+@click.option("--repo", required=True, help="WORKSPACE/REPO_SLUG to create the issue in.")
+@click.option("--connection", "connection_name", default=None)
+@click.option("--kind", type=click.Choice(["bug", "enhancement", "proposal", "task"]), default=None)
+@click.option("--include-comments", is_flag=True)
+@click.option("--attachment", "attachments", multiple=True, help="Attachment name (repeatable).")
+def escalate(ticket_id, repo, connection_name, kind, include_comments, attachments) -> None:
+    """Escalate helpdesk ticket TICKET_ID into a Bitbucket issue (idempotent)."""
+    from worker.bitbucket.errors import BitbucketError
+    from worker.sync import escalate as escalation
+    req = escalation.Request(ticket_id=ticket_id, repo=repo, connection=connection_name, kind=kind,
+                             include_comments=include_comments, attachments=tuple(attachments),
+                             actor=os.environ.get("USER"))
+    try:
+        result = escalation.escalate(req)
+    except (LookupError, escalation.EscalationError, TimeoutError) as exc:
+        _fail(str(exc))
+    except BitbucketError as exc:
+        _fail(f"Bitbucket: {exc.__class__.__name__}: {exc} (run again to resume)")
+    verb = "escalated" if result.created else "already escalated"
+    click.echo(f"ticket {ticket_id} {verb}: {result.repo}#{result.issue_id} {result.url or ''}".rstrip())
+
+
+@main.group()
+def conflicts() -> None:
+    """Conflicts waiting for a person (policy `manual`)."""
+
+
+@conflicts.command("list")
+@click.argument("name")
+@click.option("--state", type=click.Choice(["open", "resolved"]), default="open", show_default=True)
+def conflicts_list(name: str, state: str) -> None:
+    from worker import connections
+    from worker.db.session import transaction
+    from worker.sync import conflicts as conflict_store
+    with transaction() as session:
+        conn = connections.get(session, name)
+        if conn is None:
+            _fail(f"unknown connection {name!r}")
+        rows = [conflict_store.as_dict(c, link) for c, link in conflict_store.listing(session, conn.id, state)]
+    if not rows:
+        click.echo(f"no {state} conflicts")
+    for r in rows:
+        bb = r["bitbucket"]
+        click.echo(f"#{r['id']:<5} {r['field']:<10} {bb['repo']}#{bb['issue_id']} <-> ticket {r['ticket']}: "
+                   f"base {r['base']['bitbucket']!r}/{r['base']['target']!r}, Bitbucket {r['bitbucket_value']!r}, "
+                   f"helpdesk {r['target_value']!r}" + (f"  [{r['resolution']}]" if r["resolution"] else ""))
+
+
+@conflicts.command("resolve")
+@click.argument("conflict_id", type=click.IntRange(1))
+@click.option("--take", type=click.Choice(["bitbucket", "target", "value"]), required=True)
+@click.option("--value", default=None, help="The helpdesk value to set, with --take value.")
+def conflicts_resolve(conflict_id: int, take: str, value: str | None) -> None:
+    from worker.db.session import transaction
+    from worker.sync import conflicts as conflict_store
+    from worker.tasks import enqueue
+    try:
+        with transaction() as session:
+            push = conflict_store.resolve(session, conflict_id, take, value, os.environ.get("USER"))
+    except (LookupError, conflict_store.ResolutionError) as exc:
+        _fail(str(exc))
+    if push is not None:
+        enqueue("push_link", push)
+    click.echo(f"conflict {conflict_id} resolved: took {take}" + ("; Bitbucket update queued" if push else ""))
 
 
 @main.group()

@@ -10,6 +10,9 @@ from sqlalchemy.orm import Session, selectinload
 
 from config import mappings
 from worker import crypto
+from worker.bitbucket.budget import BudgetMeter
+from worker.bitbucket.credentials import Credential, parse_api_token
+from worker.bitbucket.credentials import _encode as encode_secret
 from worker.db.models import Connection, ConnectionRepo, WebhookSecret
 from worker.engine.events import SYNCED_FIELDS
 from worker.engine.merge import DEFAULT_POLICY, POLICIES
@@ -33,6 +36,8 @@ class ConnectionSpec:
     api_url: str | None = None
     mapping_override: Mapping[str, Any] | None = None
     policies: Mapping[str, str] | None = None
+    api_token: str | None = None  # "EMAIL:TOKEN"; stored encrypted as a credential
+    push_internal_notes: bool | None = None
 
 
 def validate(spec: ConnectionSpec) -> None:
@@ -52,6 +57,11 @@ def validate(spec: ConnectionSpec) -> None:
         raise InvalidConnection(f"unknown target {spec.target!r} (known: {', '.join(TARGETS)})")
     if spec.api_url is not None and not re.fullmatch(r"https?://[^\s?#]+", spec.api_url):
         raise InvalidConnection(f"--api-url {spec.api_url!r} is not an http(s) URL without query")
+    if spec.api_token is not None:
+        try:
+            parse_api_token(spec.api_token)
+        except ValueError as exc:
+            raise InvalidConnection(f"--api-token: {exc}") from None
     try:
         mappings.load(spec.mapping_override)
     except mappings.MappingError as exc:
@@ -86,6 +96,10 @@ def upsert(session: Session, spec: ConnectionSpec) -> tuple[Connection, bool]:
         conn.mapping_override = dict(spec.mapping_override)
     if spec.policies is not None:
         conn.policies = dict(spec.policies)
+    if spec.push_internal_notes is not None:
+        conn.push_internal_notes = spec.push_internal_notes
+    if spec.api_token is not None:
+        _store_credential(session, conn, parse_api_token(spec.api_token))
 
     wanted_repos = list(dict.fromkeys(spec.repos))
     conn.repos[:] = [r for r in conn.repos if r.full_name in wanted_repos]
@@ -106,6 +120,33 @@ def upsert(session: Session, spec: ConnectionSpec) -> tuple[Connection, bool]:
     conn.secrets[:] = [s for s in conn.secrets if s.active]
     session.flush()
     return conn, created
+
+
+def _store_credential(session: Session, conn: Connection, secret) -> None:
+    row = session.get(Credential, conn.credential_id) if conn.credential_id else None
+    if row is None:
+        row = Credential(kind=secret.kind)
+        session.add(row)
+    row.kind, row.key, row.secret = secret.kind, secret.key, encode_secret(secret)
+    session.flush()
+    conn.credential_id = row.id
+
+
+def summary(session: Session, conn: Connection) -> dict[str, Any]:
+    """What an operator sees of a connection: never a secret."""
+    credential = session.get(Credential, conn.credential_id) if conn.credential_id else None
+    meter = BudgetMeter(lambda: Session(bind=session.get_bind()))
+    return {
+        "name": conn.name, "target": conn.target, "api_url": conn.api_url,
+        "repos": [r.full_name for r in conn.repos],
+        "webhook_secrets": sum(1 for s in conn.secrets if s.active),
+        "credential": credential.key if credential else None,
+        "api_calls_last_hour": meter.used(credential.key) if credential else 0,
+        "api_budget_per_hour": meter.limit,
+        "push_internal_notes": conn.push_internal_notes,
+        "policies": conn.policies or {},
+        "tracker_removed_at": conn.tracker_removed_at.isoformat() if conn.tracker_removed_at else None,
+    }
 
 
 def list_all(session: Session) -> list[Connection]:

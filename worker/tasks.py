@@ -11,9 +11,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from worker import ledger
 from worker.celery_app import MAX_TASK_DELAY_SECONDS, app
-from worker.db.models import Delivery, utcnow
+from worker.bitbucket import errors as bitbucket_errors
+from worker.db.models import Delivery, OutgoingChange, utcnow
 from worker.db.session import transaction
-from worker.sync import forward
+from worker.sync import forward, push
 
 log = logging.getLogger("bbsync.tasks")
 
@@ -57,25 +58,46 @@ def _mark_failed(delivery_id: str, reason: str) -> None:
                       outcome="failed", delivery_id=delivery_id, detail=reason[:2000])
 
 
-def enqueue_delivery(delivery_id: str) -> bool:
-    """Queue a stored delivery. A broker outage is logged, not raised: the row is safe and the
-    sweeper queues it later, so the webhook can still be acknowledged."""
+@app.task(bind=True, name="bbsync.push_link", max_retries=MAX_RETRIES)
+def push_link(self, link_id: int) -> str:
+    """Write a link's pending helpdesk edits and comments to Bitbucket."""
     try:
-        process_delivery.apply_async(args=[delivery_id])
+        return push.push_link(link_id)
+    except RETRYABLE + bitbucket_errors.RETRYABLE as exc:
+        if self.request.retries >= MAX_RETRIES:
+            push.give_up(link_id, f"gave up after {MAX_RETRIES} retries: {exc.__class__.__name__}")
+            raise
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries))
+
+
+ENQUEUEABLE = {"process_delivery": process_delivery, "push_link": push_link}
+
+
+def enqueue(task: str, arg: str | int) -> bool:
+    """Queue one job. A broker outage is logged, not raised: the work is already stored (a
+    delivery row, an outbox row) and is queued again later, so the caller can still answer."""
+    try:
+        ENQUEUEABLE[task].apply_async(args=[arg])
         return True
     except Exception as exc:  # kombu raises a zoo of connection errors; all mean "not queued"
-        log.warning("webhook.enqueue_failed delivery=%s error=%s", delivery_id, exc.__class__.__name__)
+        log.warning("enqueue_failed task=%s arg=%s error=%s", task, arg, exc.__class__.__name__)
         return False
 
 
+def enqueue_delivery(delivery_id: str) -> bool:
+    return enqueue("process_delivery", delivery_id)
+
+
 def requeue_pending(older_than: timedelta = REQUEUE_AFTER) -> int:
-    """Enqueue every stored delivery still waiting after `older_than`. Safe to repeat: a task
-    finds an already processed delivery done and does nothing."""
+    """Enqueue every stored delivery and outbox push still waiting after `older_than`. Safe to
+    repeat: a task finds finished work done and does nothing."""
     cutoff = utcnow() - older_than
     with transaction() as session:
         ids = list(session.scalars(select(Delivery.id).where(
             Delivery.status == "received", Delivery.received_at <= cutoff).order_by(Delivery.received_at)))
-    return sum(enqueue_delivery(i) for i in ids)
+        links = list(session.scalars(select(OutgoingChange.link_id).where(
+            OutgoingChange.state.in_(("pending", "sending")), OutgoingChange.created_at <= cutoff).distinct()))
+    return sum(enqueue_delivery(i) for i in ids) + sum(enqueue("push_link", i) for i in links)
 
 
 @app.task(name="bbsync.requeue_pending")

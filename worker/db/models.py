@@ -52,6 +52,11 @@ class Connection(Base):
     # Per-field conflict policy overrides; the default is latest_wins.
     policies: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     push_internal_notes: Mapped[bool] = mapped_column(Boolean, default=False)
+    credential_id: Mapped[int | None] = mapped_column(
+        ForeignKey("credentials.id", ondelete="SET NULL"), nullable=True)
+    # Set when Bitbucket answers 410 Gone: the repository's issue tracker was removed. Work for
+    # the connection stops retrying; everything already held is kept.
+    tracker_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -127,6 +132,8 @@ class Ticket(Base):
 
     comments: Mapped[list[TicketComment]] = relationship(
         back_populates="ticket", cascade="all, delete-orphan", order_by="TicketComment.id")
+    attachments: Mapped[list[TicketAttachment]] = relationship(
+        cascade="all, delete-orphan", order_by="TicketAttachment.name")
 
 
 class TicketComment(Base):
@@ -218,3 +225,93 @@ class LedgerEntry(Base):
     actor: Mapped[str | None] = mapped_column(String(255), nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class TicketAttachment(Base):
+    """A file on a helpdesk ticket (kept in the database: the built-in helpdesk is small)."""
+
+    __tablename__ = "ticket_attachments"
+    __table_args__ = (UniqueConstraint("ticket_id", "name", name="uq_ticket_attachment_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(127), default="application/octet-stream")
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class OutgoingChange(Base):
+    """The outbox: a local edit waiting to be written to Bitbucket.
+
+    Written in the same transaction as the edit, so an edit is never lost between the API and
+    the task. `fields` names what changed (values are read when sending, so several quick edits
+    collapse into one write); `sent_values` holds what we are writing, committed before the
+    call, so the webhook Bitbucket fires back is recognised as our echo even if it arrives
+    before we commit the result.
+    """
+
+    __tablename__ = "outgoing_changes"
+    __table_args__ = (Index("ix_outgoing_link_state", "link_id", "state"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
+    link_id: Mapped[int] = mapped_column(ForeignKey("links.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # fields | comment
+    fields: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    ticket_comment_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # pending -> sending -> sent | failed | dismissed
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    sent_values: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    unechoed: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # sent values not yet seen back
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    actor: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Escalation(Base):
+    """A helpdesk ticket being turned into a Bitbucket issue: one per ticket and connection."""
+
+    __tablename__ = "escalations"
+    __table_args__ = (UniqueConstraint("connection_id", "ticket_id", name="uq_escalation_ticket"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    repo: Mapped[str] = mapped_column(String(255))
+    options: Mapped[dict] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="creating")  # creating | done | failed
+    bitbucket_issue_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    uploaded: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    # A claim with an expiry: whoever holds it does the remote work; a crashed holder's claim
+    # lapses and the next attempt resumes (every step is idempotent through sync markers).
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class Conflict(Base):
+    """A conflict left for a person (policy `manual`), until it is resolved."""
+
+    __tablename__ = "conflicts"
+    __table_args__ = (Index("ix_conflicts_connection_state", "connection_id", "state"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
+    link_id: Mapped[int] = mapped_column(ForeignKey("links.id", ondelete="CASCADE"))
+    ledger_id: Mapped[int | None] = mapped_column(ForeignKey("ledger.id", ondelete="SET NULL"), nullable=True)
+    field: Mapped[str] = mapped_column(String(32))
+    base_bitbucket: Mapped[str | None] = mapped_column(Text, nullable=True)
+    base_target: Mapped[str | None] = mapped_column(Text, nullable=True)
+    bitbucket_value: Mapped[str | None] = mapped_column(Text, nullable=True)
+    target_value: Mapped[str | None] = mapped_column(Text, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="open")  # open | resolved
+    resolution: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    resolved_value: Mapped[str | None] = mapped_column(Text, nullable=True)
+    resolved_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+

@@ -14,9 +14,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker import connections, ledger
-from worker.db.models import CommentLink, Connection, Delivery, Link, Shadow, utcnow
+from worker.db.models import (CommentLink, Connection, Delivery, Link, OutgoingChange, Shadow,
+                              TicketComment, utcnow)
 from worker.engine.events import MISSING, SYNCED_FIELDS, IssueEvent, MalformedEvent, normalize
 from worker.engine.merge import FieldDecision, ShadowPair, decide_field, is_stale
+from worker.sync import conflicts
+from worker.sync.markers import find_comment_marker, find_ticket_marker
+from worker.sync.reverse import ECHO_WINDOW
 from worker.targets.local import LocalHelpdesk
 
 log = logging.getLogger("bbsync.sync")
@@ -65,7 +69,8 @@ def process_delivery(session: Session, delivery_id: str) -> Outcome:
                            Link.bitbucket_issue_id == event.issue.issue_id).with_for_update())
     target = LocalHelpdesk(session)
     if link is None:
-        link = _create_link(session, conn, delivery, event, target)
+        link = _adopt_escalation(session, conn, delivery, event) or _create_link(
+            session, conn, delivery, event, target)
     else:
         if is_stale(event.issue.updated_at, link.bitbucket_updated_at):
             ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="stale",
@@ -137,12 +142,15 @@ def _update_link(session: Session, conn: Connection, delivery: Delivery, event: 
     tables = connections.tables_for(conn)
     current = target.read(link.target_id)
     shadows = {s.field: s for s in session.scalars(select(Shadow).where(Shadow.link_id == link.id))}
+    in_flight = _in_flight(session, link)
     changes: dict[str, str | None] = {}
     for field in SYNCED_FIELDS:
         incoming = event.issue.fields.get(field, MISSING)
         if incoming is MISSING:
             continue
         row = shadows.get(field)
+        if _is_echo(session, conn, delivery, event, link, field, incoming, in_flight, row, current):
+            continue
         base = ShadowPair(row.bitbucket_value, row.target_value) if row else None
         to_dest, to_source = _mappers(tables, field)
         d = decide_field(field, incoming, current.fields.get(field), base,
@@ -157,6 +165,66 @@ def _update_link(session: Session, conn: Connection, delivery: Delivery, event: 
     target.apply(link.target_id, changes)
 
 
+def _in_flight(session: Session, link: Link) -> list[OutgoingChange]:
+    """Our own writes to this issue whose webhooks may still be on their way back."""
+    return [r for r in session.scalars(select(OutgoingChange).where(
+        OutgoingChange.link_id == link.id, OutgoingChange.kind == "fields",
+        OutgoingChange.state.in_(("sending", "sent")),
+        OutgoingChange.created_at >= utcnow() - ECHO_WINDOW)) if r.unechoed]
+
+
+def _is_echo(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent, link: Link,
+             field: str, incoming, in_flight: list[OutgoingChange], shadow: Shadow | None,
+             current) -> bool:
+    """A value we wrote coming back. Recorded as an echo, and nothing else happens (promise 4);
+    this holds even when the webhook beats our own commit of the write (the values were
+    committed to the outbox before the write was sent)."""
+    for row in in_flight:
+        if field in row.unechoed and row.unechoed[field] == incoming:
+            row.unechoed = {k: v for k, v in row.unechoed.items() if k != field}
+            if shadow is None:
+                shadow = Shadow(link_id=link.id, field=field)
+                session.add(shadow)
+            shadow.bitbucket_value, shadow.target_value = incoming, current.fields.get(field)
+            shadow.bitbucket_at = event.issue.updated_at
+            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="echo",
+                          field=field, link_id=link.id, delivery_id=delivery.id, actor=event.actor,
+                          bitbucket_value=incoming, target_value=current.fields.get(field),
+                          bitbucket_at=event.issue.updated_at,
+                          detail=f"our own write (outbox {row.id}) seen back")
+            return True
+    return False
+
+
+def _adopt_escalation(session: Session, conn: Connection, delivery: Delivery,
+                      event: IssueEvent) -> Link | None:
+    """An issue we created by escalating a ticket: link it to that ticket, never make a second.
+    The webhook can beat the escalation's own commit, so the marker decides, not the link."""
+    ticket_id = find_ticket_marker(event.issue.fields.get("description") or None, conn.name)
+    if ticket_id is None:
+        return None
+    link = session.scalar(select(Link).where(Link.connection_id == conn.id,
+                                             Link.target_id == str(ticket_id)))
+    if link is None:
+        link = Link(connection_id=conn.id, bitbucket_repo=event.issue.repo,
+                    bitbucket_issue_id=event.issue.issue_id, bitbucket_url=event.issue.url,
+                    target_id=str(ticket_id))
+        session.add(link)
+        session.flush()
+        ticket = LocalHelpdesk(session).read(str(ticket_id))
+        for field in SYNCED_FIELDS:
+            incoming = event.issue.fields.get(field, MISSING)
+            if incoming is not MISSING:
+                session.add(Shadow(link_id=link.id, field=field, bitbucket_value=incoming,
+                                   target_value=ticket.fields.get(field),
+                                   bitbucket_at=event.issue.updated_at))
+    ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="echo",
+                  link_id=link.id, delivery_id=delivery.id, actor=event.actor,
+                  detail=f"issue {event.issue.repo}#{event.issue.issue_id} is our escalation of "
+                         f"ticket {ticket_id}")
+    return link
+
+
 def _record_decision(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
                      link: Link, d: FieldDecision, *, shadow: Shadow | None = None,
                      created: bool = False) -> None:
@@ -169,7 +237,7 @@ def _record_decision(session: Session, conn: Connection, delivery: Delivery, eve
         shadow.bitbucket_at = event.issue.updated_at
         if d.write:
             shadow.target_at = utcnow()
-    ledger.record(
+    entry = ledger.record(
         session, connection_id=conn.id, direction=DIRECTION, outcome=d.outcome, field=d.field,
         link_id=link.id, delivery_id=delivery.id, actor=event.actor,
         base_value=d.base.source if d.base else None,
@@ -179,6 +247,11 @@ def _record_decision(session: Session, conn: Connection, delivery: Delivery, eve
         bitbucket_at=event.issue.updated_at, policy=d.policy, winner=d.winner,
         detail=d.detail or None,
     )
+    if d.outcome == "conflict" and d.winner is None:
+        session.flush()
+        conflicts.open_conflict(session, connection_id=conn.id, link_id=link.id, field=d.field,
+                                base=d.base, bitbucket_value=d.source_value, target_value=d.dest_value,
+                                ledger_id=entry.id)
 
 
 def _sync_comment(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
@@ -189,6 +262,17 @@ def _sync_comment(session: Session, conn: Connection, delivery: Delivery, event:
         return
     exists = session.scalar(select(CommentLink.id).where(
         CommentLink.link_id == link.id, CommentLink.bitbucket_comment_id == comment.id))
+    ours = find_comment_marker(comment.body, conn.name)
+    if ours is not None:
+        # A helpdesk comment we posted, seen back. If our own commit has not happened yet (or
+        # never will, after a crash), the marker is enough to link it: never a second note.
+        if exists is None and session.get(TicketComment, ours) is not None:
+            session.add(CommentLink(link_id=link.id, bitbucket_comment_id=comment.id,
+                                    target_comment_id=str(ours)))
+        ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="echo",
+                      field="comment", link_id=link.id, delivery_id=delivery.id, actor=comment.author,
+                      bitbucket_value=str(comment.id), detail=f"our own post of helpdesk comment {ours}")
+        return
     if exists is not None:
         ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="noop",
                       field="comment", link_id=link.id, delivery_id=delivery.id, actor=comment.author,

@@ -1,0 +1,7 @@
+"""The whole schema: the core tables plus those that live beside the code that owns them.
+Import this (not models alone) wherever the complete metadata matters: Alembic, create_all."""
+from worker.bitbucket.budget import ApiBudget  # noqa: F401
+from worker.bitbucket.credentials import Credential  # noqa: F401
+from worker.db.models import Base
+
+metadata = Base.metadata

@@ -1,0 +1,275 @@
+"""Reverse sync: local helpdesk edits -> Bitbucket, through the outbox.
+
+Each push is three steps, so that no database lock is held across a remote call:
+1. plan (one transaction): lock the link, decide each changed field against the shadow, and
+   mark the outbox rows `sending` with the values about to be written, committed before the
+   call, so the webhook Bitbucket fires back is recognised as our echo whenever it arrives;
+2. send: ONE Bitbucket write for all field changes of the issue (POST .../changes, which
+   records a change on Bitbucket's side);
+3. finish (one transaction): move the shadows, mark the rows sent, write the ledger.
+A crash between 2 and 3 re-plans the same values: the second write changes nothing.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worker import connections, ledger
+from worker.db.models import (CommentLink, Connection, Link, OutgoingChange, Shadow, TicketComment,
+                              utcnow)
+from worker.engine.events import parse_time
+from worker.engine.merge import ShadowPair, decide_field
+from worker.sync.markers import comment_marker
+from worker.targets.local import LocalHelpdesk
+
+log = logging.getLogger("bbsync.sync")
+
+DIRECTION = "reverse"
+#: Ticket fields pushed to Bitbucket, and the key each has in Bitbucket's change API. The
+#: assignee is not pushed: a helpdesk display name does not identify a Bitbucket account.
+BITBUCKET_KEYS = {"title": "title", "description": "content", "status": "state",
+                  "priority": "priority", "type": "kind"}
+#: How long a sent value waits to be seen again as an echo before we stop expecting it.
+ECHO_WINDOW = timedelta(hours=1)
+
+
+@dataclass
+class FieldPush:
+    field: str
+    target_value: str | None
+    bitbucket_value: str | None
+    base: ShadowPair | None
+
+
+@dataclass
+class PushPlan:
+    connection_id: int
+    connection: str
+    link_id: int
+    repo: str
+    issue_id: int
+    outbox_ids: list[int]
+    fields: list[FieldPush] = field(default_factory=list)
+    actor: str | None = None
+
+    def change_body(self) -> dict[str, dict[str, str | None]]:
+        return {BITBUCKET_KEYS[f.field]: {"new": f.bitbucket_value} for f in self.fields}
+
+
+def _to_bitbucket(tables, field: str):
+    if field in tables.fields:
+        return (lambda v: tables.to_bitbucket(field, v)), (lambda v: tables.to_target(field, v))
+    return (lambda v: v), (lambda v: v)
+
+
+def record_ticket_edit(session: Session, ticket_id: int, changed: list[str], actor: str | None) -> list[int]:
+    """Queue a local edit for every link of the ticket (called in the edit's transaction).
+    Returns the link ids to push."""
+    pushed = [f for f in changed if f in BITBUCKET_KEYS]
+    if not pushed:
+        return []
+    links = list(session.scalars(select(Link).where(Link.target_id == str(ticket_id))))
+    for link in links:
+        session.add(OutgoingChange(connection_id=link.connection_id, link_id=link.id, kind="fields",
+                                   fields=pushed, actor=actor))
+    return [link.id for link in links]
+
+
+def plan_fields(session: Session, link_id: int) -> PushPlan | None:
+    link = session.scalar(select(Link).where(Link.id == link_id).with_for_update())
+    if link is None:
+        return None
+    conn = session.get(Connection, link.connection_id)
+    rows = list(session.scalars(select(OutgoingChange).where(
+        OutgoingChange.link_id == link.id, OutgoingChange.kind == "fields",
+        OutgoingChange.state.in_(("pending", "sending"))).order_by(OutgoingChange.id)))
+    if not rows:
+        return None
+    if conn.tracker_removed_at is not None:
+        _give_up(session, conn, link, rows, "the repository's issue tracker was removed (410)")
+        return None
+
+    tables = connections.tables_for(conn)
+    ticket = LocalHelpdesk(session).read(link.target_id)
+    shadows = {s.field: s for s in session.scalars(select(Shadow).where(Shadow.link_id == link.id))}
+    plan = PushPlan(conn.id, conn.name, link.id, link.bitbucket_repo, link.bitbucket_issue_id,
+                    [r.id for r in rows], actor=rows[-1].actor)
+    wanted = dict.fromkeys(f for r in rows for f in (r.fields or []) if f in BITBUCKET_KEYS)
+    for name in wanted:
+        row = shadows.get(name)
+        base = ShadowPair(row.target_value, row.bitbucket_value) if row else None
+        to_dest, to_source = _to_bitbucket(tables, name)
+        # What Bitbucket holds, as far as we know: the last value both sides agreed on. Reading
+        # it back would cost a call per push; a concurrent Bitbucket edit still reaches us as a
+        # webhook and is decided there (it is older than our write, so it is recorded stale).
+        believed = row.bitbucket_value if row else None
+        d = decide_field(name, ticket.fields.get(name), believed, base, to_dest=to_dest,
+                         to_source=to_source, policy=connections.policy_for(conn, name),
+                         source_name="target")
+        if d is None:
+            continue
+        if d.outcome == "unmapped":
+            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="unmapped",
+                          field=name, link_id=link.id, actor=plan.actor, target_value=d.source_value,
+                          detail=d.detail)
+        elif d.write:
+            plan.fields.append(FieldPush(name, d.source_value, d.new_dest, base))
+        else:  # equivalent already (a lossy map): nothing to write, but the base moves
+            _set_shadow(session, link.id, name, shadows.get(name), d.dest_value, d.source_value)
+            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="noop",
+                          field=name, link_id=link.id, actor=plan.actor, target_value=d.source_value,
+                          bitbucket_value=d.dest_value, old_value=d.dest_value, new_value=d.dest_value,
+                          detail=f"{d.source_value!r} already corresponds to Bitbucket's {d.dest_value!r}")
+    if not plan.fields:
+        for r in rows:
+            r.state, r.sent_at = "sent", utcnow()
+        return None
+    sent = {f.field: f.bitbucket_value for f in plan.fields}
+    for r in rows:
+        r.state, r.attempts, r.sent_values, r.unechoed = "sending", r.attempts + 1, sent, dict(sent)
+    return plan
+
+
+def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> None:
+    link = session.scalar(select(Link).where(Link.id == plan.link_id).with_for_update())
+    if link is None:
+        return
+    written_at = parse_time((result or {}).get("created_on")) or utcnow()
+    shadows = {s.field: s for s in session.scalars(select(Shadow).where(Shadow.link_id == link.id))}
+    for f in plan.fields:
+        _set_shadow(session, link.id, f.field, shadows.get(f.field), f.bitbucket_value, f.target_value,
+                    bitbucket_at=written_at)
+        ledger.record(session, connection_id=plan.connection_id, direction=DIRECTION, outcome="applied",
+                      field=f.field, link_id=link.id, actor=plan.actor,
+                      base_value=f.base.dest if f.base else None,
+                      old_value=f.base.dest if f.base else None, new_value=f.bitbucket_value,
+                      target_value=f.target_value, bitbucket_value=f.bitbucket_value,
+                      bitbucket_at=written_at)
+    # Our write is now the newest state Bitbucket holds: webhooks carrying older snapshots
+    # must not undo it.
+    if link.bitbucket_updated_at is None or written_at > link.bitbucket_updated_at:
+        link.bitbucket_updated_at = written_at
+    for r in session.scalars(select(OutgoingChange).where(OutgoingChange.id.in_(plan.outbox_ids))):
+        if r.state == "sending":
+            r.state, r.sent_at, r.error = "sent", utcnow(), None
+
+
+def _set_shadow(session: Session, link_id: int, name: str, row: Shadow | None, bitbucket_value,
+                target_value, bitbucket_at: datetime | None = None) -> None:
+    if row is None:
+        row = Shadow(link_id=link_id, field=name)
+        session.add(row)
+    row.bitbucket_value, row.target_value, row.target_at = bitbucket_value, target_value, utcnow()
+    if bitbucket_at is not None:
+        row.bitbucket_at = bitbucket_at
+
+
+def _give_up(session: Session, conn: Connection, link: Link, rows: list[OutgoingChange], reason: str) -> None:
+    for r in rows:
+        r.state, r.error = "failed", reason
+    ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="failed",
+                  link_id=link.id, detail=reason)
+
+
+def fail(session: Session, link_id: int, outbox_ids: list[int], reason: str, *, permanent: bool) -> None:
+    """Record a failed push; permanent failures stop retrying (the rows stay for a replay)."""
+    rows = list(session.scalars(select(OutgoingChange).where(OutgoingChange.id.in_(outbox_ids))))
+    for r in rows:
+        r.error = reason[:2000]
+        if permanent:
+            r.state = "failed"
+    if permanent and rows:
+        ledger.record(session, connection_id=rows[0].connection_id, direction=DIRECTION,
+                      outcome="failed", link_id=link_id, detail=reason[:2000])
+
+
+def mark_tracker_removed(session: Session, connection_id: int) -> None:
+    conn = session.get(Connection, connection_id)
+    if conn is not None and conn.tracker_removed_at is None:
+        conn.tracker_removed_at = utcnow()
+        ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="failed",
+                      detail="Bitbucket answered 410 Gone: the issue tracker was removed. Sync to "
+                             "Bitbucket stops for this connection; all data held here is kept.")
+
+
+# --- comments ---------------------------------------------------------------------------------
+
+@dataclass
+class CommentPush:
+    connection_id: int
+    connection: str
+    link_id: int
+    outbox_id: int
+    repo: str
+    issue_id: int
+    ticket_comment_id: int
+    body: str
+    resume: bool  # a previous attempt may have posted it: look for our marker first
+
+
+def record_ticket_comment(session: Session, comment: TicketComment) -> list[int]:
+    """Queue a helpdesk comment for Bitbucket. Internal notes stay local unless the
+    connection explicitly says otherwise (privacy fails closed)."""
+    links = list(session.scalars(select(Link).where(Link.target_id == str(comment.ticket_id))))
+    queued = []
+    for link in links:
+        conn = session.get(Connection, link.connection_id)
+        if comment.internal and not conn.push_internal_notes:
+            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="noop",
+                          field="comment", link_id=link.id, actor=comment.author,
+                          detail=f"internal note {comment.id} kept in the helpdesk")
+            continue
+        session.add(OutgoingChange(connection_id=conn.id, link_id=link.id, kind="comment",
+                                   ticket_comment_id=comment.id, actor=comment.author))
+        queued.append(link.id)
+    return queued
+
+
+def format_comment(connection: str, comment: TicketComment) -> str:
+    who = comment.author or "Support"
+    return f"{comment.body}\n\n*{who}, via the helpdesk*\n\n{comment_marker(connection, comment.id)}"
+
+
+def plan_comments(session: Session, link_id: int) -> list[CommentPush]:
+    link = session.scalar(select(Link).where(Link.id == link_id).with_for_update())
+    if link is None:
+        return []
+    conn = session.get(Connection, link.connection_id)
+    rows = list(session.scalars(select(OutgoingChange).where(
+        OutgoingChange.link_id == link.id, OutgoingChange.kind == "comment",
+        OutgoingChange.state.in_(("pending", "sending"))).order_by(OutgoingChange.id)))
+    if rows and conn.tracker_removed_at is not None:
+        _give_up(session, conn, link, rows, "the repository's issue tracker was removed (410)")
+        return []
+    plans = []
+    for r in rows:
+        done = session.scalar(select(CommentLink.id).where(
+            CommentLink.link_id == link.id, CommentLink.target_comment_id == str(r.ticket_comment_id)))
+        if done is not None:
+            r.state, r.sent_at = "sent", utcnow()
+            continue
+        comment = session.get(TicketComment, r.ticket_comment_id)
+        plans.append(CommentPush(conn.id, conn.name, link.id, r.id, link.bitbucket_repo,
+                                 link.bitbucket_issue_id, comment.id, format_comment(conn.name, comment),
+                                 resume=r.state == "sending"))
+        r.state, r.attempts = "sending", r.attempts + 1
+    return plans
+
+
+def finish_comment(session: Session, push: CommentPush, bitbucket_comment: dict) -> None:
+    exists = session.scalar(select(CommentLink.id).where(
+        CommentLink.link_id == push.link_id, CommentLink.bitbucket_comment_id == bitbucket_comment["id"]))
+    if exists is None:
+        session.add(CommentLink(link_id=push.link_id, bitbucket_comment_id=bitbucket_comment["id"],
+                                target_comment_id=str(push.ticket_comment_id)))
+    row = session.get(OutgoingChange, push.outbox_id)
+    row.state, row.sent_at, row.error = "sent", utcnow(), None
+    ledger.record(session, connection_id=push.connection_id, direction=DIRECTION, outcome="applied",
+                  field="comment", link_id=push.link_id, actor=row.actor,
+                  new_value=str(bitbucket_comment["id"]),
+                  detail=f"helpdesk comment {push.ticket_comment_id} posted as Bitbucket comment "
+                         f"{bitbucket_comment['id']}")
