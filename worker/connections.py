@@ -135,7 +135,9 @@ def _store_credential(session: Session, conn: Connection, secret) -> None:
 def summary(session: Session, conn: Connection) -> dict[str, Any]:
     """What an operator sees of a connection: never a secret."""
     credential = session.get(Credential, conn.credential_id) if conn.credential_id else None
-    meter = BudgetMeter(lambda: Session(bind=session.get_bind()))
+    # The meter reads through this session's own connection: a second connection would wait
+    # on the write lock this transaction holds (SQLite).
+    meter = BudgetMeter(lambda: Session(bind=session.connection()))
     return {
         "name": conn.name, "target": conn.target, "api_url": conn.api_url,
         "repos": [r.full_name for r in conn.repos],

@@ -28,6 +28,8 @@ from .errors import AuthFailed, BitbucketError, Unavailable, error_class
 
 log = logging.getLogger("bbsync.bitbucket")
 
+Flow = Generator[httpx2.Request, httpx2.Response, None]
+
 #: Refresh this long before the access token expires (Bitbucket's live one hour).
 DEFAULT_LEEWAY = 60.0
 TOKEN_TIMEOUT = httpx2.Timeout(10, connect=5)
@@ -42,7 +44,7 @@ class ApiTokenAuth(httpx2.Auth):
     def __repr__(self) -> str:
         return f"ApiTokenAuth(key={self.credential_key!r})"
 
-    def auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response, None]:
+    def auth_flow(self, request: httpx2.Request) -> Flow:
         request.headers["Authorization"] = self._header
         yield request
 
@@ -55,7 +57,7 @@ class BearerAuth(httpx2.Auth):
     def __repr__(self) -> str:
         return f"BearerAuth(key={self.credential_key!r})"
 
-    def auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response, None]:
+    def auth_flow(self, request: httpx2.Request) -> Flow:
         request.headers["Authorization"] = self._header
         yield request
 
@@ -89,7 +91,7 @@ class OAuthAuth(httpx2.Auth):
     def __repr__(self) -> str:
         return f"OAuthAuth(credential={self._id}, key={self.credential_key!r})"
 
-    def sync_auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response, None]:
+    def sync_auth_flow(self, request: httpx2.Request) -> Flow:
         request.read()
         token = self._access_token()
         request.headers["Authorization"] = f"Bearer {token}"
@@ -112,7 +114,8 @@ class OAuthAuth(httpx2.Auth):
             if rejected is None and not current.stale(self._clock(), self._leeway):
                 return current.access_token      # type: ignore[return-value]
             if rejected is not None and current.access_token != rejected:
-                return current.access_token      # type: ignore[return-value]  # another thread refreshed
+                # another thread of this process has refreshed it already
+                return current.access_token      # type: ignore[return-value]
             self._current = self._store.refresh_oauth(
                 self._id, self._fetch, leeway=self._leeway, rejected_access_token=rejected)
             return self._current.access_token    # type: ignore[return-value]

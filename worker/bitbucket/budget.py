@@ -47,7 +47,8 @@ class ApiBudget(Base):
     __tablename__ = "api_budget"
 
     credential_key: Mapped[str] = mapped_column(String(255), primary_key=True)
-    minute: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # epoch minutes
+    # Minutes since the epoch (int(time / 60)): one bucket of the rolling hour.
+    minute: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     count: Mapped[int] = mapped_column(Integer, default=0)
 
 
@@ -156,6 +157,7 @@ class BudgetMeter:
                 excess -= count
                 if excess <= 0:
                     return max(_leaves_window(minute) - now, 0.001), "limit"
+            return float(WINDOW_BUCKETS * BUCKET_SECONDS), "limit"     # not reached
         if paced:
             return 0.0, ""
         headroom = self.limit - used

@@ -270,8 +270,6 @@ class BitbucketClient:
             self._sleep(wait)
 
 
-
-
 def _error_from(response: httpx2.Response, method: str, path: str) -> BitbucketError:
     """The typed error for an error response, with Bitbucket's error envelope read:
     {"type": "error", "error": {"message", "detail", "fields"}}."""

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker import connections, ledger
-from worker.db.models import (CommentLink, Connection, Link, OutgoingChange, Shadow, TicketComment,
+from worker.db.models import (CommentLink, Conflict, Connection, Link, OutgoingChange, Shadow, TicketComment,
                               utcnow)
 from worker.engine.events import parse_time
 from worker.engine.merge import ShadowPair, decide_field
@@ -99,7 +99,15 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
     plan = PushPlan(conn.id, conn.name, link.id, link.bitbucket_repo, link.bitbucket_issue_id,
                     [r.id for r in rows], actor=rows[-1].actor)
     wanted = dict.fromkeys(f for r in rows for f in (r.fields or []) if f in BITBUCKET_KEYS)
+    # A field with an open conflict waits for the person who resolves it.
+    parked = set(session.scalars(select(Conflict.field).where(
+        Conflict.link_id == link.id, Conflict.state == "open")))
     for name in wanted:
+        if name in parked:
+            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="noop",
+                          field=name, link_id=link.id, actor=plan.actor,
+                          detail="not pushed: an open conflict on this field awaits a person")
+            continue
         row = shadows.get(name)
         base = ShadowPair(row.target_value, row.bitbucket_value) if row else None
         to_dest, to_source = _to_bitbucket(tables, name)

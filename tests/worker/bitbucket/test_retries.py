@@ -168,8 +168,10 @@ def test_every_unsafe_post_fails_fast_on_5xx(client, sim, issue, call):
     calls = {
         "create_comment": lambda: client.create_comment(REPO, 1, "hi"),
         "post_change": lambda: client.post_change(REPO, 1, {"state": "open"}),
-        "upload_attachments": lambda: client.upload_attachments(REPO, 1, [("a", b"a", "text/plain")]),
-        "create_hook": lambda: client.create_hook(REPO, "https://h.example/x", "s", ["issue:created"]),
+        "upload_attachments": lambda: client.upload_attachments(REPO, 1,
+                                                                [("a", b"a", "text/plain")]),
+        "create_hook": lambda: client.create_hook(REPO, "https://h.example/x", "s",
+                                                  ["issue:created"]),
     }
     before = len(sim.request_log)
     sim.faults.add(status=503, times=1, method="POST")
