@@ -11,8 +11,7 @@ from sqlalchemy.orm import Session, selectinload
 from config import mappings
 from worker import crypto
 from worker.bitbucket.budget import BudgetMeter
-from worker.bitbucket.credentials import Credential, parse_api_token
-from worker.bitbucket.credentials import _encode as encode_secret
+from worker.bitbucket.credentials import Credential, encode_secret, parse_api_token
 from worker.db.models import Connection, ConnectionRepo, WebhookSecret
 from worker.engine.events import SYNCED_FIELDS
 from worker.engine.merge import DEFAULT_POLICY, POLICIES

@@ -166,15 +166,19 @@ def oauth_credential(client_id: str, client_secret: str, *, token_url: str = DEF
                            access_token=access_token, expires_at=expires_at)
 
 
-def _encode(secret: Secret) -> bytes:
+def encode_secret(secret: Secret) -> bytes:
+    """The ciphertext stored in `credentials.secret` (Fernet, worker.crypto, of JSON)."""
     return crypto.encrypt(json.dumps(asdict(secret), sort_keys=True))
 
 
-def _decode(kind: str, ciphertext: bytes) -> Secret:
+def decode_secret(kind: str, ciphertext: bytes) -> Secret:
     cls = _CLASSES.get(kind)
     if cls is None:
         raise ValueError(f"unknown credential kind {kind!r}")
     return cls(**json.loads(crypto.decrypt(ciphertext)))
+
+
+_encode, _decode = encode_secret, decode_secret      # older private names, still imported
 
 
 class Credential(Base):

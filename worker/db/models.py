@@ -264,6 +264,9 @@ class OutgoingChange(Base):
     state: Mapped[str] = mapped_column(String(16), default="pending")
     sent_values: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     unechoed: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # sent values not yet seen back
+    # Values Bitbucket held just before our write when they were not the ones we believed: a
+    # concurrent Bitbucket edit that our write replaced. Its webhook decides the conflict.
+    overwritten: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     actor: Mapped[str | None] = mapped_column(String(255), nullable=True)

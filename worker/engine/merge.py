@@ -72,7 +72,7 @@ def decide_field(
         return FieldDecision(outcome="applied", write=True, new_dest=mapped,
                              new_shadow=ShadowPair(incoming, mapped), **common)
 
-    winner = _winner(policy, source_name, source_at, dest_at)
+    winner = pick_winner(policy, source_name, source_at, dest_at)
     if winner == "source":
         return FieldDecision(outcome="conflict", write=True, new_dest=mapped,
                              new_shadow=ShadowPair(incoming, mapped), policy=policy, winner=winner,
@@ -90,7 +90,7 @@ def decide_field(
                          **common)
 
 
-def _winner(policy: str, source_name: str, source_at: datetime | None,
+def pick_winner(policy: str, source_name: str, source_at: datetime | None,
             dest_at: datetime | None) -> str | None:
     if policy == "manual":
         return None

@@ -2,6 +2,7 @@
 connection (one httpx client, one connection pool), rebuilt when the credential changes."""
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 
@@ -24,7 +25,10 @@ def client_for(connection_id: int) -> BitbucketClient:
         if credential is None:
             raise AuthFailed(f"connection {conn.name} has no Bitbucket credential: "
                              f"bbsync connection add {conn.name} ... --api-token EMAIL:TOKEN")
-        key = (os.getpid(), connection_id, conn.api_url, credential.id, credential.updated_at)
+        # Rebuild when the credential is replaced, not when an OAuth refresh rewrites the row
+        # (the OAuth auth re-reads its tokens through the store by itself).
+        version = None if credential.kind == "oauth" else hashlib.sha256(credential.secret).hexdigest()
+        key = (os.getpid(), connection_id, conn.api_url, credential.id, credential.kind, version)
     with _lock:
         client = _clients.get(key)
         if client is None:

@@ -111,11 +111,13 @@ def _claim(req: Request, wait_seconds: float):
             conn = _connection_for(session, req)
             link = session.scalar(select(Link).where(Link.connection_id == conn.id,
                                                      Link.target_id == str(req.ticket_id)))
-            if link is not None:
-                return None, conn.id, conn.name, Result(conn.name, link.bitbucket_repo,
-                                                        link.bitbucket_issue_id, link.bitbucket_url, False)
             esc = session.scalar(select(Escalation).where(Escalation.connection_id == conn.id,
                                                           Escalation.ticket_id == req.ticket_id))
+            # Done, or linked some other way: answer with the link. An escalation that is not
+            # done is resumed even if the issue's webhook already linked the ticket.
+            if link is not None and (esc is None or esc.state == "done"):
+                return None, conn.id, conn.name, Result(conn.name, link.bitbucket_repo,
+                                                        link.bitbucket_issue_id, link.bitbucket_url, False)
             if esc is None:
                 try:
                     with session.begin_nested():

@@ -18,6 +18,7 @@ from worker.db.models import (CommentLink, Connection, Delivery, Link, OutgoingC
                               TicketComment, utcnow)
 from worker.engine.events import MISSING, SYNCED_FIELDS, IssueEvent, MalformedEvent, normalize
 from worker.engine.merge import FieldDecision, ShadowPair, decide_field, is_stale
+from worker.engine.merge import pick_winner
 from worker.sync import conflicts
 from worker.sync.markers import find_comment_marker, find_ticket_marker
 from worker.sync.reverse import ECHO_WINDOW
@@ -73,6 +74,7 @@ def process_delivery(session: Session, delivery_id: str) -> Outcome:
             session, conn, delivery, event, target)
     else:
         if is_stale(event.issue.updated_at, link.bitbucket_updated_at):
+            _overwritten(session, conn, delivery, event, link, target)
             ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="stale",
                           link_id=link.id, delivery_id=delivery.id, actor=event.actor,
                           bitbucket_at=event.issue.updated_at,
@@ -144,12 +146,14 @@ def _update_link(session: Session, conn: Connection, delivery: Delivery, event: 
     shadows = {s.field: s for s in session.scalars(select(Shadow).where(Shadow.link_id == link.id))}
     in_flight = _in_flight(session, link)
     changes: dict[str, str | None] = {}
+    decided = 0
     for field in SYNCED_FIELDS:
         incoming = event.issue.fields.get(field, MISSING)
         if incoming is MISSING:
             continue
         row = shadows.get(field)
         if _is_echo(session, conn, delivery, event, link, field, incoming, in_flight, row, current):
+            decided += 1
             continue
         base = ShadowPair(row.bitbucket_value, row.target_value) if row else None
         to_dest, to_source = _mappers(tables, field)
@@ -159,10 +163,62 @@ def _update_link(session: Session, conn: Connection, delivery: Delivery, event: 
                          source_at=event.issue.updated_at, dest_at=current.updated_at)
         if d is None:
             continue
+        decided += 1
         if d.write:
             changes[field] = d.new_dest
         _record_decision(session, conn, delivery, event, link, d, shadow=row)
     target.apply(link.target_id, changes)
+    if not decided and event.comment is None:
+        # Nothing differs from what both sides hold. Said in the ledger all the same, so that
+        # every delivery is accounted for: our own issue creation (an escalation) coming back
+        # is an echo; anything else changed nothing we sync.
+        ours = event.key == "issue:created"
+        ledger.record(session, connection_id=conn.id, direction=DIRECTION,
+                      outcome="echo" if ours else "noop", link_id=link.id, delivery_id=delivery.id,
+                      actor=event.actor, bitbucket_at=event.issue.updated_at,
+                      detail="the issue our escalation created" if ours else
+                             "no synced field differs from the last agreed state")
+
+
+def _overwritten(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
+                 link: Link, target: LocalHelpdesk) -> None:
+    """A stale event carrying a Bitbucket edit that our later write replaced: both sides changed
+    the field, so it is a conflict, decided now that the event tells us when Bitbucket's edit
+    happened. If Bitbucket should have won, its value goes to the ticket and back to Bitbucket."""
+    rows = [r for r in session.scalars(select(OutgoingChange).where(
+        OutgoingChange.link_id == link.id, OutgoingChange.kind == "fields",
+        OutgoingChange.state == "sent", OutgoingChange.created_at >= utcnow() - ECHO_WINDOW))
+        if r.overwritten]
+    tables = connections.tables_for(conn)
+    for row in rows:
+        for field, value in list(row.overwritten.items()):
+            if event.issue.fields.get(field, MISSING) != value:
+                continue
+            row.overwritten = {k: v for k, v in row.overwritten.items() if k != field} or None
+            current = target.read(link.target_id)
+            policy = connections.policy_for(conn, field)
+            winner = pick_winner(policy, "bitbucket", event.issue.updated_at, row.created_at)
+            shadow = session.get(Shadow, (link.id, field))
+            entry = ledger.record(
+                session, connection_id=conn.id, direction=DIRECTION, outcome="conflict", field=field,
+                link_id=link.id, delivery_id=delivery.id, actor=event.actor, policy=policy,
+                winner=winner, bitbucket_value=value, target_value=current.fields.get(field),
+                base_value=(row.sent_values or {}).get(field), bitbucket_at=event.issue.updated_at,
+                target_at=row.created_at,
+                detail="both sides changed; Bitbucket's edit was replaced by our write" +
+                       {"source": ", and Bitbucket's value is restored", "dest": ", which stands",
+                        None: "; awaiting a person"}[winner])
+            if winner == "source":
+                mapped = tables.to_target(field, value) if field in tables.fields else value
+                target.apply(link.target_id, {field: mapped})
+                session.add(OutgoingChange(connection_id=conn.id, link_id=link.id, kind="fields",
+                                           fields=[field], actor=event.actor))
+            elif winner is None:
+                session.flush()
+                conflicts.open_conflict(session, connection_id=conn.id, link_id=link.id, field=field,
+                                        base=ShadowPair(shadow.bitbucket_value, shadow.target_value) if shadow else None,
+                                        bitbucket_value=value, target_value=current.fields.get(field),
+                                        ledger_id=entry.id)
 
 
 def _in_flight(session: Session, link: Link) -> list[OutgoingChange]:

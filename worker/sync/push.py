@@ -31,8 +31,10 @@ def push_link(link_id: int, client_factory=client_for) -> str:
             raise_if_retryable(exc)
             return f"failed: {exc}"
         with transaction() as session:
-            reverse.finish_fields(session, plan, result)
+            again = reverse.finish_fields(session, plan, result)
         outcome = f"pushed {', '.join(f.field for f in plan.fields)}"
+        if again:
+            return outcome + "; " + push_link(link_id, client_factory)
         log.info("sync.pushed link=%s fields=%s", link_id, [f.field for f in plan.fields])
 
     with transaction() as session:

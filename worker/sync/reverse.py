@@ -142,21 +142,31 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
     return plan
 
 
-def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> None:
+def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> bool:
+    """Record a completed write. Returns True if the ticket moved on meanwhile and another
+    push is queued."""
     link = session.scalar(select(Link).where(Link.id == plan.link_id).with_for_update())
     if link is None:
-        return
-    written_at = parse_time((result or {}).get("created_on")) or utcnow()
+        return False
+    result = result or {}
+    written_at = parse_time(result.get("created_on")) or utcnow()
+    before = {key: (change or {}).get("old") for key, change in (result.get("changes") or {}).items()}
     shadows = {s.field: s for s in session.scalars(select(Shadow).where(Shadow.link_id == link.id))}
+    overwritten: dict[str, str] = {}
     for f in plan.fields:
+        believed = f.base.dest if f.base else None
+        old = before.get(BITBUCKET_KEYS[f.field])
+        if old and old not in (believed, f.bitbucket_value):
+            overwritten[f.field] = old  # Bitbucket changed it concurrently; see forward._overwritten
         _set_shadow(session, link.id, f.field, shadows.get(f.field), f.bitbucket_value, f.target_value,
                     bitbucket_at=written_at)
         ledger.record(session, connection_id=plan.connection_id, direction=DIRECTION, outcome="applied",
                       field=f.field, link_id=link.id, actor=plan.actor,
                       base_value=f.base.dest if f.base else None,
-                      old_value=f.base.dest if f.base else None, new_value=f.bitbucket_value,
+                      old_value=old if old is not None else believed, new_value=f.bitbucket_value,
                       target_value=f.target_value, bitbucket_value=f.bitbucket_value,
-                      bitbucket_at=written_at)
+                      bitbucket_at=written_at,
+                      detail=f"replaced Bitbucket's concurrent {old!r}" if f.field in overwritten else None)
     # Our write is now the newest state Bitbucket holds: webhooks carrying older snapshots
     # must not undo it.
     if link.bitbucket_updated_at is None or written_at > link.bitbucket_updated_at:
@@ -164,6 +174,15 @@ def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> None
     for r in session.scalars(select(OutgoingChange).where(OutgoingChange.id.in_(plan.outbox_ids))):
         if r.state == "sending":
             r.state, r.sent_at, r.error = "sent", utcnow(), None
+            r.overwritten = overwritten or None
+    # The ticket may have changed while the write was in flight (an agent, or a forward
+    # decision): whatever now differs from what we wrote goes out in another push.
+    current = LocalHelpdesk(session).read(link.target_id).fields
+    moved = [f.field for f in plan.fields if current.get(f.field) != f.target_value]
+    if moved:
+        session.add(OutgoingChange(connection_id=plan.connection_id, link_id=link.id, kind="fields",
+                                   fields=moved, actor=plan.actor))
+    return bool(moved)
 
 
 def _set_shadow(session: Session, link_id: int, name: str, row: Shadow | None, bitbucket_value,

@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: 9e6ca52eb4fc
+Revision ID: 91c2f50ea1eb
 Revises: 
-Create Date: 2026-11-29 05:52:52.213211
+Create Date: 2026-11-29 06:04:34.435591
 """
 from alembic import op
 import sqlalchemy as sa
 import worker.db.models
 
 
-revision = '9e6ca52eb4fc'
+revision = '91c2f50ea1eb'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -209,6 +209,7 @@ def upgrade() -> None:
     sa.Column('state', sa.String(length=16), nullable=False),
     sa.Column('sent_values', sa.JSON(), nullable=True),
     sa.Column('unechoed', sa.JSON(), nullable=True),
+    sa.Column('overwritten', sa.JSON(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('actor', sa.String(length=255), nullable=True),
