@@ -63,6 +63,19 @@ def list_deliveries():
         } for d in rows]})
 
 
+@bp.get("/outbox")
+def outbox_counts():
+    """Local edits waiting for, or done being, written to Bitbucket: counts by state."""
+    from worker.db.models import OutgoingChange
+    with sessions()() as session:
+        conn, name = _connection(session)
+        if conn is None:
+            return error(404, f"unknown connection {name!r}")
+        counts = dict(session.execute(select(OutgoingChange.state, func.count()).where(
+            OutgoingChange.connection_id == conn.id).group_by(OutgoingChange.state)).all())
+        return jsonify({"counts": counts})
+
+
 @bp.get("/conflicts")
 def list_conflicts():
     state = request.args.get("state")

@@ -1,9 +1,11 @@
-"""`bbsync demo`: the whole forward flow on the embedded default, with real processes.
+"""`bbsync demo`: both directions on the embedded default, with real processes.
 
 It starts the Bitbucket simulator, the web app (gunicorn) and a Celery worker on SQLite and
-the no-server broker, registers a connection and a webhook, then plays a developer's day in
-Bitbucket through its REST API. The simulator delivers real signed webhooks over HTTP; the
-resulting tickets and the ledger are printed.
+the no-server broker, registers a connection and a webhook, then plays a day between a support
+agent (the helpdesk API) and a developer (Bitbucket's REST API on the simulator). Every
+Bitbucket edit fires a real signed webhook over HTTP; every helpdesk edit goes back to
+Bitbucket through the outbox. At the end it prints the ticket, the Bitbucket issue and the
+ledger.
 """
 from __future__ import annotations
 
@@ -21,69 +23,128 @@ from worker.stack import Stack, free_port, wait_http
 REPO = "acme/widgets"
 CONNECTION = "acme"
 # The simulator accepts any non-empty credentials; Bitbucket API tokens are email + token.
-API_AUTH = ("dev@acme.example", "demo-api-token")
-#: Every edit in _bitbucket_day fires one webhook: 3 creations + 5 edits.
-WEBHOOKS_FIRED = 8
+DEVELOPER = ("dev@acme.example", "developer-api-token")  # a person using Bitbucket
+SYNC_TOKEN = "bbsync@acme.example:bbsync-api-token"  # the credential bbsync writes with
 
 
-def _say(text: str) -> None:
+def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _bitbucket_day(api: httpx2.Client, hook_url: str, hook_secret: str) -> None:
-    """What a developer does in Bitbucket; every edit fires a webhook, as on Bitbucket."""
-    base = f"/repositories/{REPO}"
-    api.post(base, json={"scm": "git", "has_issues": True}).raise_for_status()
-    api.post(f"{base}/hooks", json={
-        "url": hook_url, "description": "bbsync", "active": True, "secret": hook_secret,
-        "events": ["issue:created", "issue:updated", "issue:comment_created"],
-    }).raise_for_status()
-    _say(f"  registered a webhook on {REPO} -> {hook_url}")
+class Demo:
+    def __init__(self, stack: Stack, web: str, sim: str):
+        self.stack, self.web, self.sim = stack, web, sim
+        self.bb_base = f"{sim}/2.0/repositories/{REPO}"
+        self.bb = httpx2.Client(auth=DEVELOPER, timeout=15)
+        self.hd = httpx2.Client(base_url=f"{web}/api", timeout=60, headers={"X-Actor": "ana@support"})
 
-    first = api.post(f"{base}/issues", json={
-        "title": "Checkout fails on Safari 17", "kind": "bug", "priority": "critical",
-        "content": {"raw": "Customers on Safari 17 get a blank page after *Pay now*."}}).json()
-    second = api.post(f"{base}/issues", json={
-        "title": "Dark mode for the dashboard", "kind": "enhancement", "priority": "minor",
-        "content": {"raw": "Asked for by three customers this month."}}).json()
-    third = api.post(f"{base}/issues", json={
-        "title": "Export to CSV drops the last row", "kind": "bug", "priority": "major"}).json()
-    _say(f"  created issues #{first['id']}, #{second['id']}, #{third['id']}")
+    def bitbucket(self, method: str, path: str = "", **kw) -> dict:
+        r = self.bb.request(method, self.bb_base + path, **kw)
+        r.raise_for_status()
+        return r.json() if r.content else {}
 
-    api.put(f"{base}/issues/{first['id']}", json={"state": "open"}).raise_for_status()
-    api.post(f"{base}/issues/{first['id']}/comments",
-             json={"content": {"raw": "Reproduced: the payment iframe is blocked by ITP."}}).raise_for_status()
-    api.post(f"{base}/issues/{first['id']}/changes", json={
-        "changes": {"state": {"new": "resolved"}},
-        "message": {"raw": "Fixed in 1.4.2 by loading the iframe from our own domain."}}).raise_for_status()
-    api.put(f"{base}/issues/{second['id']}", json={"priority": "blocker", "kind": "proposal"}).raise_for_status()
-    api.put(f"{base}/issues/{third['id']}", json={"state": "duplicate"}).raise_for_status()
-    _say("  opened, commented on and resolved #1; re-prioritised #2; marked #3 a duplicate")
+    def helpdesk(self, method: str, path: str, **kw) -> dict:
+        r = self.hd.request(method, path, **kw)
+        if r.status_code >= 300:
+            raise RuntimeError(f"{method} /api{path}: {r.status_code} {r.text}")
+        return r.json()
 
+    def quiet(self, timeout: float = 45.0) -> None:
+        """Until the simulator has delivered every webhook and the worker has done all work."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            httpx2.get(f"{self.sim}/_sim/deliveries", params={"wait": 5}, timeout=10)
+            received = self.helpdesk("GET", "/deliveries", params={"connection": CONNECTION})["counts"]
+            outbox = self.helpdesk("GET", "/outbox", params={"connection": CONNECTION})["counts"]
+            if not received.get("received") and not outbox.get("pending") and not outbox.get("sending"):
+                return
+            time.sleep(0.2)
+        raise TimeoutError("the worker did not catch up")
 
-def _wait_quiet(web: str, expected: int, timeout: float = 30.0) -> None:
-    """Until the expected webhooks have arrived and the worker has processed every one."""
-    deadline = time.monotonic() + timeout
-    counts: dict = {}
-    while time.monotonic() < deadline:
-        counts = httpx2.get(f"{web}/api/deliveries", params={"connection": CONNECTION},
-                            timeout=10).json()["counts"]
-        if sum(counts.values()) >= expected and not counts.get("received"):
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"the worker did not catch up within {timeout:.0f} s: {counts}")
+    def setup(self, hook_secret: str) -> None:
+        self.stack.run("connection", "add", CONNECTION, "--repo", REPO, "--webhook-secret", hook_secret,
+                       "--api-url", f"{self.sim}/2.0", "--api-token", SYNC_TOKEN)
+        self.bitbucket("POST", json={"scm": "git", "has_issues": True})
+        self.bitbucket("POST", "/hooks", json={
+            "url": f"{self.web}/webhooks/bitbucket/{CONNECTION}", "description": "bbsync", "active": True,
+            "secret": hook_secret, "events": ["issue:created", "issue:updated", "issue:comment_created"]})
+        _say(f"  connection {CONNECTION!r} syncs {REPO}; a signed webhook points at the web app")
 
+    def play(self) -> tuple[int, int]:
+        ticket = self.helpdesk("POST", "/tickets", json={
+            "title": "Checkout fails on Safari 17", "type": "incident", "priority": "urgent",
+            "reporter": "jane@customer.example",
+            "description": "Since this morning every checkout on Safari 17 ends on a blank page "
+                           "after 'Pay now'. Order refs 18812, 18813."})
+        self.hd.post(f"/tickets/{ticket['id']}/attachments",
+                     files={"files": ("safari-console.txt", b"Refused to frame https://pay.example/\n",
+                                      "text/plain")}).raise_for_status()
+        _say(f"1. agent: ticket #{ticket['id']} from jane@customer.example, with safari-console.txt")
+        esc = self.helpdesk("POST", f"/tickets/{ticket['id']}/escalate",
+                            json={"repo": REPO, "attachments": ["safari-console.txt"]})
+        issue_id = esc["issue_id"]
+        _say(f"2. agent escalates it: Bitbucket issue {REPO}#{issue_id} (attachment uploaded)")
+        self.quiet()
 
-def _print_tickets(web: str) -> None:
-    tickets = httpx2.get(f"{web}/api/tickets", params={"connection": CONNECTION}, timeout=10).json()["tickets"]
-    _say(f"\nHelpdesk tickets ({len(tickets)}):")
-    for t in tickets:
-        bb = t["bitbucket"]
-        _say(f"  #{t['id']} {t['title']!r}  status={t['status']} priority={t['priority']} "
-             f"type={t['type']}  <- {bb['repo']}#{bb['issue_id']}")
+        self.bitbucket("POST", f"/issues/{issue_id}/comments",
+                       json={"content": {"raw": "Reproduced: ITP blocks the payment iframe."}})
+        self.bitbucket("POST", f"/issues/{issue_id}/changes", json={
+            "changes": {"state": {"new": "resolved"}},
+            "message": {"raw": "Fixed in 1.4.2: the iframe is served from our own domain."}})
+        _say("3. developer comments on the issue and resolves it, in Bitbucket")
+        self.quiet()
+
+        self.helpdesk("POST", f"/tickets/{ticket['id']}/comments", json={
+            "body": "The fix is live; please reload the page and try again.", "author": "Ana (support)"})
+        self.helpdesk("POST", f"/tickets/{ticket['id']}/comments", json={
+            "body": "Jane's account is on the enterprise plan: follow up personally.",
+            "internal": True, "author": "Ana (support)"})
+        _say("4. agent replies publicly (goes to Bitbucket) and adds an internal note (stays here)")
+        self.quiet()
+
+        # Both sides change the priority at once. The worker is paused for a moment so that
+        # the two edits truly cross, whatever the machine's speed.
+        self.stack.stop("worker")
+        self.helpdesk("PATCH", f"/tickets/{ticket['id']}", json={"priority": "high"})
+        self.bitbucket("PUT", f"/issues/{issue_id}", json={"priority": "minor"})
+        self.stack.start_worker()
+        _say("5. both sides change the priority at the same time: agent 'high', developer 'minor'")
+        self.quiet()
+
+        other = self.bitbucket("POST", "/issues", json={
+            "title": "Export to CSV drops the last row", "kind": "bug", "priority": "major"})
+        self.bitbucket("PUT", f"/issues/{other['id']}", json={"state": "duplicate"})
+        _say(f"6. developer files {REPO}#{other['id']} and marks it a duplicate; it syncs as 'closed'")
+        self.quiet()
+        return ticket["id"], issue_id
+
+    def report(self, ticket_id: int, issue_id: int) -> None:
+        t = self.helpdesk("GET", f"/tickets/{ticket_id}")
+        _say(f"\nHelpdesk ticket #{t['id']}: {t['title']!r}  status={t['status']} priority={t['priority']} "
+             f"type={t['type']}  <- {t['bitbucket']['repo']}#{t['bitbucket']['issue_id']}")
         for c in t["comments"]:
-            kind = "internal note" if c["internal"] else "public reply"
-            _say(f"      {kind} by {c['author']}: {c['body']}")
+            _say(f"    {'internal note' if c['internal'] else 'public reply '} by {c['author']}: {c['body']}")
+        i = self.bitbucket("GET", f"/issues/{issue_id}")
+        _say(f"Bitbucket issue {REPO}#{issue_id}: {i['title']!r}  state={i['state']} priority={i['priority']} "
+             f"kind={i['kind']}")
+        comments = self.bitbucket("GET", f"/issues/{issue_id}/comments")["values"]
+        for c in comments:
+            if c["content"]["raw"]:
+                _say(f"    comment by {c['user']['display_name']}: {c['content']['raw'].splitlines()[0]}")
+        names = [a["name"] for a in self.bitbucket("GET", f"/issues/{issue_id}/attachments")["values"]]
+        _say(f"    attachments: {', '.join(names) or 'none'}")
+        leaked = any("enterprise plan" in (c["content"]["raw"] or "") for c in comments)
+        _say(f"    internal note on Bitbucket: {'LEAKED' if leaked else 'no (kept in the helpdesk)'}")
+        conflicts = [e for e in self.helpdesk("GET", "/ledger", params={"connection": CONNECTION,
+                                                                         "limit": 500})["entries"]
+                     if e["outcome"] == "conflict"]
+        for c in conflicts:
+            _say(f"    conflict on {c['field']}: Bitbucket {c['bitbucket_value']!r} vs helpdesk "
+                 f"{c['target_value']!r}, policy {c['policy']}, winner {c['winner']}")
+        _say(f"\nLedger for {CONNECTION} (newest first):")
+        _say(self.stack.run("ledger", CONNECTION, "--limit", "60").stdout.rstrip())
+        if leaked:
+            raise RuntimeError("an internal note reached Bitbucket")
 
 
 def run() -> int:
@@ -95,25 +156,19 @@ def run() -> int:
     env["BBSYNC_VAR_DIR"] = str(var.resolve())
     stack = Stack(env=env, log_dir=var)
     try:
-        _say("bbsync demo (embedded default: SQLite + filesystem broker, no servers needed)")
+        _say("bbsync demo (embedded default: SQLite + a broker with no server)")
         stack.run("db", "upgrade")
         sim_port = free_port()
         sim = stack._spawn("simulator", [sys.executable, "-m", "simulator", "--port", str(sim_port)])
-        wait_http(f"http://127.0.0.1:{sim_port}/_sim/requests", proc=sim)
+        sim_url = f"http://127.0.0.1:{sim_port}"
+        wait_http(f"{sim_url}/_sim/requests", proc=sim)
         stack.start_worker()
         web = stack.start_web(workers=1, threads=4)
-        _say(f"  started the Bitbucket simulator, a Celery worker and the web app at {web}")
-
-        hook_secret = secrets.token_urlsafe(24)
-        stack.run("connection", "add", CONNECTION, "--repo", REPO, "--webhook-secret", hook_secret)
-        _say(f"  registered connection {CONNECTION!r} for {REPO}")
-
-        with httpx2.Client(base_url=f"http://127.0.0.1:{sim_port}/2.0", auth=API_AUTH, timeout=10) as api:
-            _bitbucket_day(api, f"{web}/webhooks/bitbucket/{CONNECTION}", hook_secret)
-            _wait_quiet(web, expected=WEBHOOKS_FIRED)
-        _print_tickets(web)
-        _say(f"\nLedger for {CONNECTION} (newest first):")
-        _say(stack.run("ledger", CONNECTION, "--limit", "60").stdout.rstrip())
+        _say(f"  started the Bitbucket simulator ({sim_url}), a Celery worker and the web app ({web})")
+        demo = Demo(stack, web, sim_url)
+        demo.setup(secrets.token_urlsafe(24))
+        ticket_id, issue_id = demo.play()
+        demo.report(ticket_id, issue_id)
         _say(f"\ndemo finished in {time.monotonic() - started:.1f} s; logs in {var}")
         return 0
     except Exception as exc:  # the demo must say what broke, then point at the logs

@@ -50,6 +50,8 @@ def explain(e: LedgerEntry) -> str:
     arrow = "Bitbucket -> helpdesk" if e.direction == "forward" else "helpdesk -> Bitbucket"
     if not e.field:
         what = ""
+    elif e.outcome == "echo":
+        what = f"{e.field} {e.bitbucket_value!r}" if e.field != "comment" else "comment"
     elif e.field == "comment":
         what = f"comment {e.new_value!r}" if e.new_value else "comment"
     elif e.old_value is None and e.outcome == "applied":

@@ -75,6 +75,9 @@ def process_delivery(session: Session, delivery_id: str) -> Outcome:
     else:
         if is_stale(event.issue.updated_at, link.bitbucket_updated_at):
             _overwritten(session, conn, delivery, event, link, target)
+            if _stale_echoes(session, conn, delivery, event, link):
+                _sync_comment(session, conn, delivery, event, link, target)
+                return _finish(session, conn, delivery, "processed", "echo")
             ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="stale",
                           link_id=link.id, delivery_id=delivery.id, actor=event.actor,
                           bitbucket_at=event.issue.updated_at,
@@ -191,7 +194,8 @@ def _overwritten(session: Session, conn: Connection, delivery: Delivery, event: 
         if r.overwritten]
     tables = connections.tables_for(conn)
     for row in rows:
-        for field, value in list(row.overwritten.items()):
+        for field, replaced in list(row.overwritten.items()):
+            value = replaced["was"]
             if event.issue.fields.get(field, MISSING) != value:
                 continue
             row.overwritten = {k: v for k, v in row.overwritten.items() if k != field} or None
@@ -203,7 +207,7 @@ def _overwritten(session: Session, conn: Connection, delivery: Delivery, event: 
                 session, connection_id=conn.id, direction=DIRECTION, outcome="conflict", field=field,
                 link_id=link.id, delivery_id=delivery.id, actor=event.actor, policy=policy,
                 winner=winner, bitbucket_value=value, target_value=current.fields.get(field),
-                base_value=(row.sent_values or {}).get(field), bitbucket_at=event.issue.updated_at,
+                base_value=replaced["base"], bitbucket_at=event.issue.updated_at,
                 target_at=row.created_at,
                 detail="both sides changed; Bitbucket's edit was replaced by our write" +
                        {"source": ", and Bitbucket's value is restored", "dest": ", which stands",
@@ -219,6 +223,23 @@ def _overwritten(session: Session, conn: Connection, delivery: Delivery, event: 
                                         base=ShadowPair(shadow.bitbucket_value, shadow.target_value) if shadow else None,
                                         bitbucket_value=value, target_value=current.fields.get(field),
                                         ledger_id=entry.id)
+
+
+def _stale_echoes(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
+                  link: Link) -> bool:
+    """An older write of ours seen back after a newer one: an echo, and it must not touch the
+    shadow (which already holds the newer write)."""
+    found = False
+    for row in _in_flight(session, link):
+        for field, value in list(row.unechoed.items()):
+            if event.issue.fields.get(field, MISSING) == value:
+                row.unechoed = {k: v for k, v in row.unechoed.items() if k != field}
+                found = True
+                ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="echo",
+                              field=field, link_id=link.id, delivery_id=delivery.id, actor=event.actor,
+                              bitbucket_value=value, bitbucket_at=event.issue.updated_at,
+                              detail=f"our own earlier write (outbox {row.id}) seen back after a newer one")
+    return found
 
 
 def _in_flight(session: Session, link: Link) -> list[OutgoingChange]:

@@ -152,12 +152,13 @@ def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> bool
     written_at = parse_time(result.get("created_on")) or utcnow()
     before = {key: (change or {}).get("old") for key, change in (result.get("changes") or {}).items()}
     shadows = {s.field: s for s in session.scalars(select(Shadow).where(Shadow.link_id == link.id))}
-    overwritten: dict[str, str] = {}
+    overwritten: dict[str, dict] = {}
     for f in plan.fields:
         believed = f.base.dest if f.base else None
         old = before.get(BITBUCKET_KEYS[f.field])
         if old and old not in (believed, f.bitbucket_value):
-            overwritten[f.field] = old  # Bitbucket changed it concurrently; see forward._overwritten
+            # Bitbucket changed it concurrently; its webhook decides (forward._overwritten).
+            overwritten[f.field] = {"was": old, "base": believed}
         _set_shadow(session, link.id, f.field, shadows.get(f.field), f.bitbucket_value, f.target_value,
                     bitbucket_at=written_at)
         ledger.record(session, connection_id=plan.connection_id, direction=DIRECTION, outcome="applied",
