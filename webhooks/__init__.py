@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None,
     def healthz():
         return jsonify({"ok": True})
 
-    for code, message in ((404, "not found"), (405, "method not allowed"), (413, "body too large")):
+    for code, message in ((404, "not found"), (405, "method not allowed"), (413, "body too large"),
+                          (500, "internal error; the request was not applied")):
         app.register_error_handler(code, lambda _e, c=code, m=message: (jsonify({"error": m}), c))
     return app

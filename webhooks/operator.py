@@ -11,7 +11,7 @@ from worker.sync import conflicts
 
 bp = Blueprint("operator", __name__, url_prefix="/api")
 
-DELIVERY_STATUSES = ("received", "processed", "ignored", "failed")
+DELIVERY_STATUSES = ("received", "processed", "ignored", "failed", "held", "dismissed")
 CONFLICT_STATES = ("open", "resolved")
 
 
@@ -61,6 +61,27 @@ def list_deliveries():
             "received_at": d.received_at.isoformat(),
             "processed_at": d.processed_at.isoformat() if d.processed_at else None,
         } for d in rows]})
+
+
+@bp.post("/deliveries/<delivery_id>/<action>")
+def act_on_delivery(delivery_id: str, action: str):
+    """Replay a failed delivery once its cause is fixed, or dismiss it."""
+    from worker.sync import deliveries as store
+    if action not in ("replay", "dismiss"):
+        return error(404, f"unknown action {action!r}: replay or dismiss")
+    if not delivery_id.isalnum() or len(delivery_id) > 32:
+        return error(404, f"delivery {delivery_id!r} does not exist")
+    who = request.headers.get("X-Actor", "")[:255] or None
+    try:
+        with sessions().begin() as session:
+            ids = (store.replay if action == "replay" else store.dismiss)(session, delivery_id, who)
+    except LookupError as exc:
+        return error(404, str(exc))
+    except store.DeliveryError as exc:
+        return error(409, str(exc))
+    for i in ids:
+        dispatch("process_delivery", i)
+    return jsonify({"delivery": delivery_id, "action": action, "queued": ids})
 
 
 @bp.get("/outbox")

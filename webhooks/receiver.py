@@ -16,7 +16,7 @@ from sqlalchemy import select
 from webhooks import signatures
 from worker.db.models import Delivery, LedgerEntry, utcnow
 from worker.db.session import insert_ignoring_duplicates
-from worker.engine.events import ISSUE_EVENTS, quick_check
+from worker.engine.events import ISSUE_EVENTS, issue_key, quick_check
 
 log = logging.getLogger("bbsync.webhooks")
 bp = Blueprint("receiver", __name__)
@@ -70,7 +70,8 @@ def receive(name: str):
     # Bitbucket always sends X-Request-UUID; without one, the body's hash still de-duplicates.
     request_uuid = _header_id("X-Request-UUID") or "sha256:" + hashlib.sha256(body).hexdigest()[:56]
     ignored = event_key not in ISSUE_EVENTS
-    delivery_id, fresh_row = _store(ext, conn.id, request_uuid, event_key, body, ignored)
+    delivery_id, fresh_row = _store(ext, conn.id, request_uuid, event_key, body, ignored,
+                                    issue_key(payload))
     if fresh_row and not ignored:
         ext.dispatcher.submit("process_delivery", delivery_id)  # after commit: the task must find its row
     log.info("webhook.%s connection=%s delivery=%s event=%s", "accepted" if fresh_row else "duplicate",
@@ -79,7 +80,7 @@ def receive(name: str):
 
 
 def _store(ext, connection_id: int, request_uuid: str, event_key: str, body: bytes,
-           ignored: bool) -> tuple[str, bool]:
+           ignored: bool, key: str | None) -> tuple[str, bool]:
     """Insert the delivery and commit. Returns (id, True) or, for a duplicate, (existing id, False).
 
     Core, not the ORM: this is the hot path, and one INSERT ... ON CONFLICT DO NOTHING is all
@@ -91,6 +92,7 @@ def _store(ext, connection_id: int, request_uuid: str, event_key: str, body: byt
         hook_uuid=_header_id("X-Hook-UUID"), event_key=event_key, attempt=_attempt(),
         body=body.decode("utf-8"), status="ignored" if ignored else "received",
         error=f"event {event_key} is not synced" if ignored else None, received_at=utcnow(),
+        issue_key=key, runs=0,
     )
     with ext.engine.begin() as conn:
         inserted = conn.execute(insert_ignoring_duplicates(conn.dialect.name, Delivery.__table__),

@@ -14,7 +14,7 @@ from worker.celery_app import MAX_TASK_DELAY_SECONDS, app
 from worker.bitbucket import errors as bitbucket_errors
 from worker.db.models import Delivery, OutgoingChange, utcnow
 from worker.db.session import transaction
-from worker.sync import forward, push
+from worker.sync import deliveries, forward, push
 
 log = logging.getLogger("bbsync.tasks")
 
@@ -34,9 +34,16 @@ def _backoff(retries: int) -> float:
 
 @app.task(bind=True, name="bbsync.process_delivery", max_retries=MAX_RETRIES)
 def process_delivery(self, delivery_id: str) -> str:
+    with transaction() as session:
+        started = deliveries.start_run(session, delivery_id)
+    if started is None or started.status != "received":
+        return "skipped"
     try:
         with transaction() as session:
-            return forward.process_delivery(session, delivery_id).status
+            outcome = forward.process_delivery(session, delivery_id)
+        for released in outcome.released:
+            enqueue_delivery(released)
+        return outcome.status
     except RETRYABLE as exc:
         if self.request.retries >= MAX_RETRIES:
             _mark_failed(delivery_id, f"gave up after {MAX_RETRIES} retries: {exc.__class__.__name__}")
@@ -51,11 +58,8 @@ def _mark_failed(delivery_id: str, reason: str) -> None:
     log.error("sync.delivery_failed delivery=%s reason=%s", delivery_id, reason)
     with transaction() as session:
         delivery = session.get(Delivery, delivery_id)
-        if delivery is None or delivery.status != "received":
-            return
-        delivery.status, delivery.error, delivery.processed_at = "failed", reason[:2000], utcnow()
-        ledger.record(session, connection_id=delivery.connection_id, direction="forward",
-                      outcome="failed", delivery_id=delivery_id, detail=reason[:2000])
+        if delivery is not None and delivery.status == "received":
+            deliveries.fail(session, delivery, reason)
 
 
 @app.task(bind=True, name="bbsync.push_link", max_retries=MAX_RETRIES)

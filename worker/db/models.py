@@ -98,6 +98,7 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("connection_id", "request_uuid", name="uq_delivery_request"),
         Index("ix_deliveries_status_received", "status", "received_at"),
+        Index("ix_deliveries_issue", "connection_id", "issue_key", "received_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -107,8 +108,15 @@ class Delivery(Base):
     event_key: Mapped[str] = mapped_column(String(64))
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     body: Mapped[str] = mapped_column(Text)
-    # received -> processed | failed, or ignored straight away for events we do not sync
+    # "workspace/repo#id": which issue the event is about, so that a failed event can hold
+    # back the later events of the same issue (they must not apply out of order).
+    issue_key: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    # received -> processed | failed | held (behind a failed one) -> dismissed, or ignored
+    # straight away for events we do not sync
     status: Mapped[str] = mapped_column(String(16), default="received")
+    # How many times processing started. A task that kills its worker is redelivered; this
+    # count dead-letters it instead of letting it loop forever.
+    runs: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -160,3 +160,14 @@ def quick_check(event_key: str, payload: Any) -> str | None:
     except MalformedEvent as exc:
         return str(exc)
     return None
+
+
+def issue_key(payload: Any) -> str | None:
+    """"workspace/repo#id" of an issue event's payload, if it has one (cheap; no validation)."""
+    try:
+        repo, issue_id = payload["repository"]["full_name"], payload["issue"]["id"]
+    except (KeyError, TypeError):
+        return None
+    if isinstance(repo, str) and _is_int(issue_id):
+        return f"{repo}#{issue_id}"[:300]
+    return None

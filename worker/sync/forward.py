@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,7 +19,7 @@ from worker.db.models import (CommentLink, Connection, Delivery, Link, OutgoingC
 from worker.engine.events import MISSING, SYNCED_FIELDS, IssueEvent, MalformedEvent, normalize
 from worker.engine.merge import FieldDecision, ShadowPair, decide_field, is_stale
 from worker.engine.merge import pick_winner
-from worker.sync import conflicts
+from worker.sync import conflicts, deliveries
 from worker.sync.markers import find_comment_marker, find_ticket_marker
 from worker.sync.reverse import ECHO_WINDOW
 from worker.targets.local import LocalHelpdesk
@@ -33,8 +33,9 @@ TARGET_DEFAULTS = {"status": "new", "priority": "normal", "type": "problem"}
 @dataclass
 class Outcome:
     delivery_id: str
-    status: str  # processed | ignored | failed | skipped (already done)
+    status: str  # processed | ignored | held | failed | skipped (already done)
     detail: str = ""
+    released: list[str] = field(default_factory=list)  # held deliveries to enqueue now
 
 
 def _identity(value: str | None) -> str | None:
@@ -56,6 +57,10 @@ def process_delivery(session: Session, delivery_id: str) -> Outcome:
         log.info("sync.delivery_skipped delivery=%s status=%s", delivery_id, delivery.status)
         return Outcome(delivery_id, "skipped", f"already {delivery.status}")
     conn = session.get(Connection, delivery.connection_id)
+    behind = deliveries.blocking(session, delivery)
+    if behind is not None:
+        deliveries.hold(session, delivery, behind)
+        return Outcome(delivery.id, "held", f"behind {behind}")
 
     try:
         event = normalize(delivery.event_key, json.loads(delivery.body))
@@ -101,9 +106,10 @@ def _finish(session: Session, conn: Connection, delivery: Delivery, status: str,
     delivery.status = status
     delivery.error = detail if status in ("ignored", "failed") else None
     delivery.processed_at = utcnow()
+    released = deliveries.release(session, conn.id, delivery.issue_key)
     log.info("sync.delivery_%s connection=%s delivery=%s event=%s %s", status, conn.name,
              delivery.id, delivery.event_key, detail)
-    return Outcome(delivery.id, status, detail)
+    return Outcome(delivery.id, status, detail, released)
 
 
 def _create_link(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,

@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: 91c2f50ea1eb
+Revision ID: 07d4551bfedb
 Revises: 
-Create Date: 2026-11-29 06:04:34.435591
+Create Date: 2026-11-29 06:13:39.882497
 """
 from alembic import op
 import sqlalchemy as sa
 import worker.db.models
 
 
-revision = '91c2f50ea1eb'
+revision = '07d4551bfedb'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -108,7 +108,9 @@ def upgrade() -> None:
     sa.Column('event_key', sa.String(length=64), nullable=False),
     sa.Column('attempt', sa.Integer(), nullable=False),
     sa.Column('body', sa.Text(), nullable=False),
+    sa.Column('issue_key', sa.String(length=300), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('runs', sa.Integer(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('received_at', worker.db.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('processed_at', worker.db.models.UTCDateTime(timezone=True), nullable=True),
@@ -117,6 +119,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('connection_id', 'request_uuid', name='uq_delivery_request')
     )
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
+        batch_op.create_index('ix_deliveries_issue', ['connection_id', 'issue_key', 'received_at'], unique=False)
         batch_op.create_index('ix_deliveries_status_received', ['status', 'received_at'], unique=False)
 
     op.create_table('escalations',
@@ -281,6 +284,7 @@ def downgrade() -> None:
     op.drop_table('escalations')
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.drop_index('ix_deliveries_status_received')
+        batch_op.drop_index('ix_deliveries_issue')
 
     op.drop_table('deliveries')
     op.drop_table('connection_repos')
