@@ -568,12 +568,12 @@ def main() -> int:
         if bench is not None:
             bench.close()
         stack.close()
-        r.delete(queue)
         if args.keep_db:
-            print(f"  database kept: {db_url}")
+            print(f"  database kept: {db_url}; queue kept: {queue}")
         else:
             with psycopg.connect(PG_URL, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+            r.delete(queue)
 
 
 def report(args, n, k, edits, bench, calls, logged, setup_mark, product_end, facts, converged,

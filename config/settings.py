@@ -27,6 +27,9 @@ class Settings:
     max_body_bytes: int
     secret_keys: tuple[str, ...]  # Fernet keys, newest first; empty means "use the key file"
     queue: str
+    # Redis hands an unacknowledged task to another worker after this long (a worker died).
+    # Every countdown and retry delay is kept well below it.
+    visibility_timeout: int = 1800
 
     @property
     def embedded_broker(self) -> bool:
@@ -78,6 +81,7 @@ def load(env: dict[str, str] | None = None) -> Settings:
         max_body_bytes=_int(env, "BBSYNC_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
         secret_keys=keys,
         queue=env.get("BBSYNC_QUEUE") or "bbsync",
+        visibility_timeout=_int(env, "BBSYNC_VISIBILITY_TIMEOUT", 1800),
     )
 
 

@@ -14,8 +14,12 @@ from config.settings import Settings, get_settings
 MAX_TASK_DELAY_SECONDS = 600
 
 
+def max_task_delay(settings: Settings) -> float:
+    return min(MAX_TASK_DELAY_SECONDS, settings.visibility_timeout / 3)
+
+
 def celery_config(settings: Settings) -> dict:
-    transport_options: dict = {"visibility_timeout": 3 * MAX_TASK_DELAY_SECONDS}
+    transport_options: dict = {"visibility_timeout": settings.visibility_timeout}
     if settings.embedded_broker:
         folder = settings.broker_folder
         for sub in ("queue", "processed", "control"):
@@ -35,7 +39,6 @@ def celery_config(settings: Settings) -> dict:
         # The receiver must answer Bitbucket within 10 s even when the broker is down: fail a
         # publish fast and let the stored delivery be enqueued later.
         "broker_connection_timeout": 2,
-        "broker_connection_max_retries": 1,
         "task_publish_retry": True,
         "task_publish_retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
         "task_default_queue": settings.queue,

@@ -9,8 +9,8 @@ from celery.signals import worker_ready
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from worker import ledger
-from worker.celery_app import MAX_TASK_DELAY_SECONDS, app
+from config.settings import get_settings
+from worker.celery_app import app, max_task_delay
 from worker.bitbucket import errors as bitbucket_errors
 from worker.db.models import Delivery, OutgoingChange, utcnow
 from worker.db.session import transaction
@@ -29,7 +29,7 @@ REQUEUE_AFTER = timedelta(seconds=30)
 
 def _backoff(retries: int) -> float:
     """Exponential backoff with full jitter, capped below the broker's visibility timeout."""
-    return random.uniform(0, min(MAX_TASK_DELAY_SECONDS, 2 ** retries))
+    return random.uniform(0, min(max_task_delay(get_settings()), 2 ** retries))
 
 
 @app.task(bind=True, name="bbsync.process_delivery", max_retries=MAX_RETRIES)
@@ -37,7 +37,11 @@ def process_delivery(self, delivery_id: str) -> str:
     with transaction() as session:
         started = deliveries.start_run(session, delivery_id)
     if started is None or started.status != "received":
+        # A redelivery, a sweeper's second enqueue, or an operator's re-run: no second effect.
+        log.info("sync.delivery_skipped delivery=%s status=%s", delivery_id,
+                 started.status if started else "missing")
         return "skipped"
+    log.info("sync.delivery_started delivery=%s run=%d", delivery_id, started.runs)
     try:
         with transaction() as session:
             outcome = forward.process_delivery(session, delivery_id)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from config.settings import load
-from worker.celery_app import MAX_TASK_DELAY_SECONDS, celery_config
+from worker.celery_app import MAX_TASK_DELAY_SECONDS, celery_config, max_task_delay
 from worker.sync.deliveries import MAX_RUNS
 from worker.tasks import MAX_RETRIES, _backoff, process_delivery, push_link
 
@@ -15,8 +15,11 @@ def test_tasks_are_acknowledged_late_and_handed_back_when_a_worker_dies(tmp_path
 
 
 def test_visibility_timeout_outlasts_any_countdown_or_retry_delay(tmp_path):
-    conf = celery_config(load({"REDIS_URL": "redis://127.0.0.1:6379/0", "BBSYNC_VAR_DIR": str(tmp_path)}))
-    assert conf["broker_transport_options"]["visibility_timeout"] > MAX_TASK_DELAY_SECONDS
+    for env in ({}, {"BBSYNC_VISIBILITY_TIMEOUT": "9"}):
+        settings = load({"REDIS_URL": "redis://127.0.0.1:6379/0", "BBSYNC_VAR_DIR": str(tmp_path), **env})
+        conf = celery_config(settings)
+        assert conf["broker_transport_options"]["visibility_timeout"] > max_task_delay(settings)
+        assert max_task_delay(settings) <= MAX_TASK_DELAY_SECONDS
     assert all(_backoff(n) <= MAX_TASK_DELAY_SECONDS for n in range(MAX_RETRIES + 5))
 
 
