@@ -161,6 +161,7 @@ class Expect:
     edit: int
     issue: int
     accepted: dict[str, set[str]]      # Bitbucket key -> values equivalent to the edit's value
+    values: dict[str, str]             # the edit, in helpdesk names
     start_event: int                   # index in state.events when the PATCH was about to go
     returned_at: float | None = None
     seen_at: float | None = None
@@ -186,8 +187,11 @@ class Watcher:
         self._thread.start()
 
     def stop(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         self.poll()
 
     def _run(self) -> None:
@@ -211,12 +215,19 @@ class Watcher:
                         waiting.remove(exp)
             self._cursor = end
 
-    def expect(self, edit: int, issue: int, accepted: dict[str, set[str]]) -> Expect:
+    def expect(self, edit: int, issue: int, accepted: dict[str, set[str]],
+               values: dict[str, str]) -> Expect:
         with self._lock:
-            exp = Expect(edit, issue, accepted, start_event=len(self.state.events))
+            exp = Expect(edit, issue, accepted, values, start_event=len(self.state.events))
             self.pending.setdefault(issue, []).append(exp)
             self.all.append(exp)
             return exp
+
+    def drop(self, exp: Expect) -> None:
+        with self._lock:
+            self.all.remove(exp)
+            if exp in self.pending.get(exp.issue, []):
+                self.pending[exp.issue].remove(exp)
 
     def supersede(self, issue: int, keys: set[str]) -> None:
         """Another edit of these fields is about to go: earlier edits not yet seen can no
@@ -308,6 +319,10 @@ class Bench:
     def _wait_ticket(self, issue_id: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            counts = self.web.get("/api/deliveries", params={"connection": self.conn}).json()["counts"]
+            if counts.get("failed"):
+                raise RuntimeError(f"setup: {counts['failed']} webhook deliveries failed in the "
+                                   f"worker (see its log under var/)")
             tickets = self.web.get("/api/tickets", params={
                 "connection": self.conn, "bitbucket_repo": self.repo,
                 "bitbucket_issue": issue_id}).json()["tickets"]
@@ -317,13 +332,12 @@ class Bench:
         raise TimeoutError(f"no ticket for {self.repo}#{issue_id} within {timeout:.0f} s")
 
     def run(self, edits: list[Edit]) -> None:
+        """The edits, one every `interval` s. The watcher keeps running until stopped (after
+        quiescence: the last edits' values arrive after the loop ends)."""
         self.watcher.start()
-        try:
-            for edit in edits:
-                (self._helpdesk if edit.side == "helpdesk" else self._bitbucket)(edit)
-                time.sleep(self.interval)
-        finally:
-            self.watcher.stop()
+        for edit in edits:
+            (self._helpdesk if edit.side == "helpdesk" else self._bitbucket)(edit)
+            time.sleep(self.interval)
 
     def _helpdesk(self, edit: Edit) -> None:
         issue_id, ticket_id = self.issue_ids[edit.issue_slot], self.ticket_ids[edit.issue_slot]
@@ -346,7 +360,7 @@ class Bench:
             return
         edit.values = body
         self.watcher.supersede(issue_id, set(accepted))
-        exp = self.watcher.expect(edit.index, issue_id, accepted)
+        exp = self.watcher.expect(edit.index, issue_id, accepted, body)
         for attempt in range(1, PATCH_ATTEMPTS + 1):
             r = self.web.patch(f"/api/tickets/{ticket_id}", json=body)
             exp.returned_at = time.monotonic()
@@ -354,8 +368,11 @@ class Bench:
                 return
             self.patch_errors.append((edit.index, ticket_id, r.status_code))
             if r.status_code < 500 or attempt == PATCH_ATTEMPTS:
-                raise RuntimeError(f"PATCH /api/tickets/{ticket_id}: {r.status_code} {r.text[:300]}")
+                break
             time.sleep(0.05)  # a 5xx rolled the edit back: send it again, as a person would
+        # Given up: the edit did not happen; it is left out of every count.
+        edit.values = {}
+        self.watcher.drop(exp)
 
     def _bitbucket(self, edit: Edit) -> None:
         issue_id = self.issue_ids[edit.issue_slot]
@@ -374,36 +391,42 @@ class Bench:
 
     # -- quiescence ---------------------------------------------------------------------------
 
-    def settle(self, db_url: str, timeout: float) -> None:
-        """Until a whole pass finds nothing moving: the simulator's webhooks delivered, no
-        delivery `received`, the outbox drained, and no new event or call meanwhile."""
+    def settle(self, db_url: str, timeout: float, stall: float = 15.0) -> str | None:
+        """Wait for quiescence: the simulator's webhooks delivered, no delivery `received`, the
+        outbox drained, and nothing moving for a moment. Returns None then; otherwise (after
+        `timeout`, or after `stall` seconds in which nothing at all moved while work was still
+        pending) what was left, so the report can say it."""
         deadline = time.monotonic() + timeout
+        last, since = None, time.monotonic()
         while True:
-            before = (len(self.state.events), len(self.state.request_log))
-            if not self.state.wait_for_deliveries(max(0.1, deadline - time.monotonic())):
-                raise TimeoutError("the simulator's webhooks were not all delivered")
-            while _busy(db_url, self.conn):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"not quiescent within {timeout:.0f} s")
-                time.sleep(0.05)
-            time.sleep(0.2)  # a task finishing right now may still fire one more webhook
-            if (self.state.wait_for_deliveries(max(0.1, deadline - time.monotonic()))
-                    and not _busy(db_url, self.conn)
-                    and before == (len(self.state.events), len(self.state.request_log))):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"not quiescent within {timeout:.0f} s")
+            delivered = self.state.wait_for_deliveries(0.5)
+            received, outbox, total = _pending(db_url, self.conn)
+            progress = (len(self.state.events), len(self.state.request_log), received, outbox, total)
+            now = time.monotonic()
+            if progress != last:
+                last, since = progress, now
+            left = (f"{received} deliveries still `received`, {outbox} outbox rows pending/sending"
+                    + ("" if delivered else ", simulator webhooks undelivered"))
+            if delivered and not received and not outbox:
+                if now - since >= 0.3:  # a task finishing now may still fire one more webhook
+                    return None
+            elif now - since > stall:
+                return f"stalled: nothing moved for {stall:.0f} s with {left}"
+            if now > deadline:
+                return f"not quiescent within {timeout:.0f} s: {left}"
+            time.sleep(0.05)
 
 
-def _busy(db_url: str, conn: str) -> bool:
+def _pending(db_url: str, conn: str) -> tuple[int, int, int]:
+    """(deliveries `received`, outbox rows pending or sending, deliveries in all)."""
     with psycopg.connect(db_url) as c:
-        received = c.execute(
-            "select count(*) from deliveries d join connections c on c.id = d.connection_id "
-            "where c.name = %s and d.status = 'received'", (conn,)).fetchone()[0]
+        received, total = c.execute(
+            "select count(*) filter (where d.status = 'received'), count(*) from deliveries d "
+            "join connections c on c.id = d.connection_id where c.name = %s", (conn,)).fetchone()
         outbox = c.execute(
             "select count(*) from outgoing_changes o join connections c on c.id = o.connection_id "
             "where c.name = %s and o.state in ('pending', 'sending')", (conn,)).fetchone()[0]
-    return bool(received or outbox)
+    return received, outbox, total
 
 
 # -- the baseline ----------------------------------------------------------------------------
@@ -462,14 +485,23 @@ def _db_facts(db_url: str, conn: str) -> dict:
                            "group by 1, 2 order by 1, 2"),
             "metered": c.execute("select coalesce(sum(count), 0) from api_budget").fetchone()[0],
             "open_conflicts": rows(f"select count(*) from conflicts x {join} and x.state = 'open'")[0][0],
+            "stuck": rows(f"select x.id, l.bitbucket_issue_id, x.fields, x.state, x.attempts "
+                          f"from outgoing_changes x join links l on l.id = x.link_id {join} "
+                          "and x.state in ('pending', 'sending') order by x.id"),
+            # Forward conflicts Bitbucket won after our write had replaced its edit: the value
+            # goes back to Bitbucket through a new outbox row.
+            "restored": rows(f"select count(*) from ledger x {join} and x.direction = 'forward' "
+                             "and x.outcome = 'conflict' and x.winner = 'source'")[0][0],
         }
 
 
-def _converged(bench: Bench) -> tuple[int, list[str]]:
-    """Issues whose ticket agrees with them on every synced field (promise 7)."""
-    ok, bad = 0, []
+def _converged(bench: Bench) -> tuple[int, list[str], dict[int, dict]]:
+    """Issues whose ticket agrees with them on every synced field (promise 7); and the final
+    tickets, by issue id."""
+    ok, bad, finals = 0, [], {}
     for issue_id, ticket_id in zip(bench.issue_ids, bench.ticket_ids):
         remote, ticket = bench.remote(issue_id), bench.web.get(f"/api/tickets/{ticket_id}").json()
+        finals[issue_id] = ticket
         diffs = []
         for name in HELPDESK_FIELDS:
             b = remote[BB_KEY[name]]
@@ -480,7 +512,7 @@ def _converged(bench: Bench) -> tuple[int, list[str]]:
             bad.append(f"#{issue_id}: " + "; ".join(diffs))
         else:
             ok += 1
-    return ok, bad
+    return ok, bad, finals
 
 
 def _deadlocks(log_dir: Path) -> dict[str, int]:
@@ -493,6 +525,20 @@ def _deadlocks(log_dir: Path) -> dict[str, int]:
             if line.startswith("DETAIL:  Process") and "waits for" in line:
                 found.setdefault(kind, set()).add(line)
     return {kind: len(lines) for kind, lines in found.items()}
+
+
+def _code_version() -> str:
+    """The commit measured, and whether the working tree differed from it."""
+    import subprocess
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    changed = [line for line in dirty if line.strip() and not line.endswith("bench/api_economy.py")]
+    return head + (f" + {len(changed)} uncommitted file(s)" if changed else "")
 
 
 def main() -> int:
@@ -509,6 +555,7 @@ def main() -> int:
         ap.error("--edits must be at least 1")
     n = args.edits
     k = args.issues or max(5, n // 4)
+    version = _code_version()
     rng = random.Random(args.seed)
     tables = mappings.load()
     edits = plan(rng, n, k)
@@ -542,13 +589,16 @@ def main() -> int:
             bench = Bench(state, sim_url, web_url, conn, repo, tables, args.interval)
             t0 = time.perf_counter()
             bench.setup(k, secret, args.timeout)
-            bench.settle(db_url, args.timeout)
+            unsettled = bench.settle(db_url, args.timeout)
+            if unsettled:
+                raise RuntimeError(f"setup did not settle: {unsettled} (logs: var/{tmp.name}/)")
             setup_mark = len(recorder.snapshot())
             t1 = time.perf_counter()
             bench.run(edits)
             t2 = time.perf_counter()
-            bench.settle(db_url, args.timeout)
+            unsettled = bench.settle(db_url, args.timeout)
             t3 = time.perf_counter()
+            bench.watcher.stop()
             product_end = len(recorder.snapshot())
 
             naive_repo = f"bench/naive-{uuid.uuid4().hex[:8]}"
@@ -557,15 +607,16 @@ def main() -> int:
             calls = recorder.snapshot()
             logged = list(state.request_log)
             facts = _db_facts(db_url, conn)
-            converged, diverged = _converged(bench)
+            converged, diverged, finals = _converged(bench)
             repo_events = [e for e in state.events if e.repository == repo]
 
         report(args, n, k, edits, bench, calls, logged, setup_mark, product_end, facts,
-               converged, diverged, repo_events, naive_seconds, (t1 - t0, t2 - t1, t3 - t2),
-               _deadlocks(tmp))
+               converged, diverged, finals, repo_events, naive_seconds, (t1 - t0, t2 - t1, t3 - t2),
+               _deadlocks(tmp), unsettled, version)
         return 0
     finally:
         if bench is not None:
+            bench.watcher.stop()
             bench.close()
         stack.close()
         if args.keep_db:
@@ -577,7 +628,8 @@ def main() -> int:
 
 
 def report(args, n, k, edits, bench, calls, logged, setup_mark, product_end, facts, converged,
-           diverged, repo_events, naive_seconds, times, deadlocks) -> None:
+           diverged, finals, repo_events, naive_seconds, times, deadlocks, unsettled,
+           version) -> None:
     who = Counter(c.who for c in calls)
     product = [c for c in calls if c.who == PRODUCT[0]]
     naive = [c for c in calls if c.who == NAIVE[0]]
@@ -617,8 +669,10 @@ def report(args, n, k, edits, bench, calls, logged, setup_mark, product_end, fac
     setup_s, edits_s, settle_s = times
     print(f"api economy benchmark: {len(helpdesk)} helpdesk edits ({field_changes} field changes) "
           f"+ {len(bitbucket)} Bitbucket edits, interleaved on {k} issues "
-          f"(seed {args.seed}, {args.interval * 1000:.0f} ms apart)")
-    print(f"  setup {setup_s:.1f} s, edits {edits_s:.1f} s, quiescent {settle_s:.1f} s after the last edit")
+          f"(seed {args.seed}, {args.interval * 1000:.0f} ms apart); code {version}")
+    print(f"  setup {setup_s:.1f} s, edits {edits_s:.1f} s, "
+          + (f"gave up waiting for quiescence after {settle_s:.1f} s (see ODD)" if unsettled else
+             f"quiescent {settle_s:.1f} s after the last edit"))
     print(f"  counting: Basic username of every /2.0 call, recorded by a WSGI wrapper around the "
           f"simulator app; calls by credential: "
           + ", ".join(f"{name.split('@')[0]} {cnt}" for name, cnt in sorted(who.items())))
@@ -654,24 +708,51 @@ def report(args, n, k, edits, bench, calls, logged, setup_mark, product_end, fac
     print(f"  calls per propagated helpdesk edit: naive {per_n:.2f}, product {per_p:.2f} "
           f"(all its calls, forward included)  ->  ratio naive/product "
           f"{(per_n / per_p) if per_p else float('inf'):.2f}")
+    written = sum(fields_per_write)
+    per_field_p = product_calls / max(1, written)
+    per_field_n = naive_calls / max(1, field_changes)
+    print(f"  calls per field value written to Bitbucket: naive {per_field_n:.2f} ({field_changes} "
+          f"values), product {per_field_p:.2f} ({written} values: edits of one field coalesce, "
+          f"lossy equivalents are not written)  ->  ratio {per_field_n / per_field_p if per_field_p else float('inf'):.2f}")
     print(f"  reverse latency (PATCH returned -> simulator issue shows the values): "
           f"p50 {1000 * _pct(timed, 0.5):.1f} ms, p99 {1000 * _pct(timed, 0.99):.1f} ms, "
           f"max {1000 * (timed[-1] if timed else float('nan')):.1f} ms over {len(timed)} edits; "
           f"{superseded} superseded before seen, {len(unseen)} never seen"
           + (f", {early} seen before the PATCH returned (counted as 0)" if early else ""))
     print(f"  convergence: {converged}/{k} issues agree with their tickets on status, priority, "
-          f"type, title")
-    if bench.patch_errors or deadlocks:
+          f"type, title (lossy maps count as agreeing)")
+
+    odd = []
+    if unsettled:
+        odd.append(f"quiescence not reached: {unsettled}")
+        for row_id, issue, fields, st, attempts in facts["stuck"][:10]:
+            odd.append(f"  outbox row {row_id} (issue #{issue}, fields {fields}) still {st}, "
+                       f"{attempts} attempt(s)")
+        if facts["stuck"] and facts["restored"]:
+            odd.append(f"  forward conflicts that Bitbucket won (its value goes back through a new "
+                       f"outbox row): {facts['restored']}")
+    if bench.patch_errors:
         statuses = Counter(status for _, _, status in bench.patch_errors)
-        print(f"  ODD: PATCH /api/tickets answered non-200 {len(bench.patch_errors)} time(s) "
-              f"({', '.join(f'{st} x{cnt}' for st, cnt in sorted(statuses.items())) or 'none'}; "
-              f"each sent again, at most {PATCH_ATTEMPTS} attempts); PostgreSQL deadlocks in the "
-              f"logs: {', '.join(f'{kind} {cnt}' for kind, cnt in sorted(deadlocks.items())) or 'none'}")
+        odd.append(f"PATCH /api/tickets answered non-200 {len(bench.patch_errors)} time(s) "
+                   f"({', '.join(f'{st} x{cnt}' for st, cnt in sorted(statuses.items()))}); each "
+                   f"sent again, at most {PATCH_ATTEMPTS} attempts")
+    if deadlocks:
+        odd.append("PostgreSQL deadlocks in the process logs: "
+                   + ", ".join(f"{kind} {cnt}" for kind, cnt in sorted(deadlocks.items())))
     for line in diverged[:10]:
-        print(f"    diverged {line}")
+        odd.append(f"diverged {line}")
     for e in unseen[:10]:
-        print(f"    never seen: helpdesk edit {e.edit} on #{e.issue}: "
-              + ", ".join(f"{key} in {sorted(ok)}" for key, ok in e.accepted.items()))
+        ticket = finals.get(e.issue, {})
+        kept = all(ticket.get(name) == value for name, value in e.values.items())
+        odd.append(f"helpdesk edit {e.edit} on #{e.issue} {e.values} never showed on Bitbucket: "
+                   + ("the ticket still holds it (lost on the way)" if kept else
+                      "the ticket no longer holds it (a later forward decision replaced it)"))
+    if len(p_reads) or (batches and len(p_changes) != batches) or p_other_writes:
+        odd.append("the product's call pattern is off target (see above)")
+    if odd:
+        print("  ODD:")
+        for line in odd:
+            print(f"    {line}")
 
 
 if __name__ == "__main__":

@@ -131,6 +131,8 @@ def update_ticket(ticket_id: int):
     values = _fields(json_body(), creating=False)
     actor = request.headers.get("X-Actor", "")[:255] or None
     with sessions().begin() as session:
+        # Same lock order as the worker (link, then ticket), or the two could deadlock.
+        session.scalars(select(Link.id).where(Link.target_id == str(ticket_id)).with_for_update(key_share=True)).all()
         ticket = session.scalar(select(Ticket).where(Ticket.id == ticket_id).with_for_update())
         if ticket is None:
             return error(404, f"ticket {ticket_id} does not exist")

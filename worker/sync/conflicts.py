@@ -56,7 +56,7 @@ def resolve(session: Session, conflict_id: int, take: str, value: str | None, wh
         raise LookupError(f"conflict {conflict_id} does not exist")
     if c.state != "open":
         raise ResolutionError(f"conflict {conflict_id} is already {c.state}")
-    link = session.scalar(select(Link).where(Link.id == c.link_id).with_for_update())
+    link = session.scalar(select(Link).where(Link.id == c.link_id).with_for_update(key_share=True))
     conn = session.get(Connection, c.connection_id)
     tables = connections.tables_for(conn)
     mapped = c.field in tables.fields

@@ -70,9 +70,11 @@ def process_delivery(session: Session, delivery_id: str) -> Outcome:
         return _finish(session, conn, delivery, "ignored",
                        f"repository {event.issue.repo} is not part of connection {conn.name}")
 
+    # FOR NO KEY UPDATE: one event per link at a time, across any number of workers, without
+    # blocking the inserts that merely reference the link (ledger, outbox, comment links).
     link = session.scalar(
         select(Link).where(Link.connection_id == conn.id, Link.bitbucket_repo == event.issue.repo,
-                           Link.bitbucket_issue_id == event.issue.issue_id).with_for_update())
+                           Link.bitbucket_issue_id == event.issue.issue_id).with_for_update(key_share=True))
     target = LocalHelpdesk(session)
     if link is None:
         link = _adopt_escalation(session, conn, delivery, event) or _create_link(
@@ -161,7 +163,7 @@ def _update_link(session: Session, conn: Connection, delivery: Delivery, event: 
         if incoming is MISSING:
             continue
         row = shadows.get(field)
-        if _is_echo(session, conn, delivery, event, link, field, incoming, in_flight, row, current):
+        if _is_echo(session, conn, delivery, event, link, field, incoming, in_flight, row):
             decided += 1
             continue
         base = ShadowPair(row.bitbucket_value, row.target_value) if row else None
@@ -257,22 +259,24 @@ def _in_flight(session: Session, link: Link) -> list[OutgoingChange]:
 
 
 def _is_echo(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent, link: Link,
-             field: str, incoming, in_flight: list[OutgoingChange], shadow: Shadow | None,
-             current) -> bool:
+             field: str, incoming, in_flight: list[OutgoingChange], shadow: Shadow | None) -> bool:
     """A value we wrote coming back. Recorded as an echo, and nothing else happens (promise 4);
     this holds even when the webhook beats our own commit of the write (the values were
     committed to the outbox before the write was sent)."""
     for row in in_flight:
         if field in row.unechoed and row.unechoed[field] == incoming:
             row.unechoed = {k: v for k, v in row.unechoed.items() if k != field}
+            # Both sides agree on what we wrote and the helpdesk value we wrote it from, not
+            # on whatever the ticket says now (it may have moved on since).
+            written_from = ((row.sent_values or {}).get(field) or {}).get("target")
             if shadow is None:
                 shadow = Shadow(link_id=link.id, field=field)
                 session.add(shadow)
-            shadow.bitbucket_value, shadow.target_value = incoming, current.fields.get(field)
+            shadow.bitbucket_value, shadow.target_value = incoming, written_from
             shadow.bitbucket_at = event.issue.updated_at
             ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="echo",
                           field=field, link_id=link.id, delivery_id=delivery.id, actor=event.actor,
-                          bitbucket_value=incoming, target_value=current.fields.get(field),
+                          bitbucket_value=incoming, target_value=written_from,
                           bitbucket_at=event.issue.updated_at,
                           detail=f"our own write (outbox {row.id}) seen back")
             return True

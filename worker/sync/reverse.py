@@ -80,7 +80,7 @@ def record_ticket_edit(session: Session, ticket_id: int, changed: list[str], act
 
 
 def plan_fields(session: Session, link_id: int) -> PushPlan | None:
-    link = session.scalar(select(Link).where(Link.id == link_id).with_for_update())
+    link = session.scalar(select(Link).where(Link.id == link_id).with_for_update(key_share=True))
     if link is None:
         return None
     conn = session.get(Connection, link.connection_id)
@@ -137,15 +137,17 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
             r.state, r.sent_at = "sent", utcnow()
         return None
     sent = {f.field: f.bitbucket_value for f in plan.fields}
+    # What we write, and the helpdesk value it was written from: the pair an echo agrees on.
+    pairs = {f.field: {"bitbucket": f.bitbucket_value, "target": f.target_value} for f in plan.fields}
     for r in rows:
-        r.state, r.attempts, r.sent_values, r.unechoed = "sending", r.attempts + 1, sent, dict(sent)
+        r.state, r.attempts, r.sent_values, r.unechoed = "sending", r.attempts + 1, pairs, dict(sent)
     return plan
 
 
 def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> bool:
     """Record a completed write. Returns True if the ticket moved on meanwhile and another
     push is queued."""
-    link = session.scalar(select(Link).where(Link.id == plan.link_id).with_for_update())
+    link = session.scalar(select(Link).where(Link.id == plan.link_id).with_for_update(key_share=True))
     if link is None:
         return False
     result = result or {}
@@ -263,7 +265,7 @@ def format_comment(connection: str, comment: TicketComment) -> str:
 
 
 def plan_comments(session: Session, link_id: int) -> list[CommentPush]:
-    link = session.scalar(select(Link).where(Link.id == link_id).with_for_update())
+    link = session.scalar(select(Link).where(Link.id == link_id).with_for_update(key_share=True))
     if link is None:
         return []
     conn = session.get(Connection, link.connection_id)
