@@ -47,6 +47,8 @@ def process_delivery(self, delivery_id: str) -> str:
             outcome = forward.process_delivery(session, delivery_id)
         for released in outcome.released:
             enqueue_delivery(released)
+        if outcome.push_link is not None:
+            enqueue("push_link", outcome.push_link)
         return outcome.status
     except RETRYABLE as exc:
         if self.request.retries >= MAX_RETRIES:

@@ -3,5 +3,7 @@ Import this (not models alone) wherever the complete metadata matters: Alembic, 
 from worker.bitbucket.budget import ApiBudget  # noqa: F401
 from worker.bitbucket.credentials import Credential  # noqa: F401
 from worker.db.models import Base
+from worker.sync.backfill import BackfillCursor  # noqa: F401
+from worker.sync.reconcile import ReconcileWatermark  # noqa: F401
 
 metadata = Base.metadata

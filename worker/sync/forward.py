@@ -21,6 +21,7 @@ from worker.engine.merge import FieldDecision, ShadowPair, decide_field, is_stal
 from worker.engine.merge import pick_winner
 from worker.sync import conflicts, deliveries
 from worker.sync.markers import find_comment_marker, find_ticket_marker
+from worker.sync import reverse
 from worker.sync.reverse import ECHO_WINDOW
 from worker.targets.local import LocalHelpdesk
 
@@ -36,6 +37,7 @@ class Outcome:
     status: str  # processed | ignored | held | failed | skipped (already done)
     detail: str = ""
     released: list[str] = field(default_factory=list)  # held deliveries to enqueue now
+    push_link: int | None = None  # a link with helpdesk changes now waiting for Bitbucket
 
 
 def _identity(value: str | None) -> str | None:
@@ -84,24 +86,29 @@ def process_delivery(session: Session, delivery_id: str) -> Outcome:
             _overwritten(session, conn, delivery, event, link, target)
             if _stale_echoes(session, conn, delivery, event, link):
                 _sync_comment(session, conn, delivery, event, link, target)
-                return _finish(session, conn, delivery, "processed", "echo")
+                return _finish(session, conn, delivery, "processed", "echo", link)
             ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="stale",
                           link_id=link.id, delivery_id=delivery.id, actor=event.actor,
                           bitbucket_at=event.issue.updated_at,
                           detail=f"event from {event.issue.updated_at.isoformat()} is older than "
                                  f"the {link.bitbucket_updated_at.isoformat()} already applied")
             _sync_comment(session, conn, delivery, event, link, target)
-            return _finish(session, conn, delivery, "processed", "stale")
+            return _finish(session, conn, delivery, "processed", "stale", link)
         _update_link(session, conn, delivery, event, link, target)
     _sync_comment(session, conn, delivery, event, link, target)
     if event.issue.updated_at and (link.bitbucket_updated_at is None
                                    or event.issue.updated_at > link.bitbucket_updated_at):
         link.bitbucket_updated_at = event.issue.updated_at
-    return _finish(session, conn, delivery, "processed")
+    return _finish(session, conn, delivery, "processed", link=link)
+
+
+def _has_pending_push(session: Session, link: Link) -> bool:
+    return session.scalar(select(OutgoingChange.id).where(
+        OutgoingChange.link_id == link.id, OutgoingChange.state == "pending").limit(1)) is not None
 
 
 def _finish(session: Session, conn: Connection, delivery: Delivery, status: str,
-            detail: str = "") -> Outcome:
+            detail: str = "", link: Link | None = None) -> Outcome:
     if status == "ignored":
         ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="ignored",
                       delivery_id=delivery.id, detail=detail)
@@ -109,9 +116,10 @@ def _finish(session: Session, conn: Connection, delivery: Delivery, status: str,
     delivery.error = detail if status in ("ignored", "failed") else None
     delivery.processed_at = utcnow()
     released = deliveries.release(session, conn.id, delivery.issue_key)
+    push_link = link.id if link is not None and _has_pending_push(session, link) else None
     log.info("sync.delivery_%s connection=%s delivery=%s event=%s %s", status, conn.name,
              delivery.id, delivery.event_key, detail)
-    return Outcome(delivery.id, status, detail, released)
+    return Outcome(delivery.id, status, detail, released, push_link)
 
 
 def _create_link(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
@@ -239,9 +247,9 @@ def _stale_echoes(session: Session, conn: Connection, delivery: Delivery, event:
     shadow (which already holds the newer write)."""
     found = False
     for row in _in_flight(session, link):
-        for field, value in list(row.unechoed.items()):
+        for field, value in list((row.unechoed or {}).items()):
             if event.issue.fields.get(field, MISSING) == value:
-                row.unechoed = {k: v for k, v in row.unechoed.items() if k != field}
+                row.unechoed = {k: v for k, v in row.unechoed.items() if k != field} or None
                 found = True
                 ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="echo",
                               field=field, link_id=link.id, delivery_id=delivery.id, actor=event.actor,
@@ -264,8 +272,8 @@ def _is_echo(session: Session, conn: Connection, delivery: Delivery, event: Issu
     this holds even when the webhook beats our own commit of the write (the values were
     committed to the outbox before the write was sent)."""
     for row in in_flight:
-        if field in row.unechoed and row.unechoed[field] == incoming:
-            row.unechoed = {k: v for k, v in row.unechoed.items() if k != field}
+        if row.unechoed and field in row.unechoed and row.unechoed[field] == incoming:
+            row.unechoed = {k: v for k, v in row.unechoed.items() if k != field} or None
             # Both sides agree on what we wrote and the helpdesk value we wrote it from, not
             # on whatever the ticket says now (it may have moved on since).
             written_from = ((row.sent_values or {}).get(field) or {}).get("target")
@@ -334,6 +342,11 @@ def _record_decision(session: Session, conn: Connection, delivery: Delivery, eve
         bitbucket_at=event.issue.updated_at, policy=d.policy, winner=d.winner,
         detail=d.detail or None,
     )
+    if d.outcome == "conflict" and d.winner == "dest" and d.field in reverse.BITBUCKET_KEYS:
+        # The helpdesk keeps its value, so Bitbucket must be given it (the base stays, so the
+        # push sees the helpdesk's change).
+        session.add(OutgoingChange(connection_id=conn.id, link_id=link.id, kind="fields",
+                                   fields=[d.field], actor=event.actor))
     if d.outcome == "conflict" and d.winner is None:
         session.flush()
         conflicts.open_conflict(session, connection_id=conn.id, link_id=link.id, field=d.field,

@@ -23,11 +23,12 @@ way: if the process dies right after storing it, the sweeper `tasks.requeue_pend
 and the next run finds it by its request_uuid and processes it if it is still `received`.)
 
 Cost, per repository and run: the issue listing is keyset-paged, one query per page of 100
-(the next query starts at the last `updated_on` seen, `>=`, skipping what it already saw), so
-`1 + ceil(n / 99)`-ish calls for n changed issues, and exactly one when nothing changed
-(fewer than 100 issues updated within the overlap window). An issue that we already hold at
-its version (its webhook arrived) costs nothing more. Comments cost one call per issue whose
-comments are listed:
+(the next query starts at the last `updated_on` seen, `>=`, and skips the one issue it read
+again), so `1 + (n - 1) // 99` calls for n issues read (n >= 1; never more than
+`1 + ceil(n / 100)`), and exactly one when nothing changed. n counts the issues changed since
+the watermark plus those re-read within the overlap window. An issue that we already hold at
+its version (its webhook arrived) costs nothing beyond its place in a page: no delivery, no
+transaction but one read. Comments cost one call per issue whose comments are listed:
 - comments="changed" (default): only issues whose webhooks we missed (the link was behind or
   absent) and that changed after creation (created_on != updated_on; a new comment bumps
   `updated_on`). New comments become internal notes through the engine (a synthetic
@@ -50,7 +51,7 @@ The watermark: per (connection, repository), the newest `updated_on` of the issu
 committed after each page (so a crash re-reads at most one page, idempotently). The query
 starts `overlap` (default 30 s) *before* it, with `>=`: an issue updated in the same
 microsecond as the watermark, or whose update became visible a little late, is read again
-and, if we do not hold that version yet, processed; re-read issues we hold cost nothing.
+and, if we do not hold that version yet, processed; re-read issues we hold are skipped.
 The very first run starts at the connection's creation (minus a clock-skew margin): issues
 older than that are the backfill's job (`worker.sync.backfill`), which seeds the watermark.
 
@@ -329,7 +330,7 @@ class Importer:
         with transaction() as session:
             link = session.scalar(select(Link).where(
                 Link.connection_id == self.connection_id, Link.bitbucket_repo == repo,
-                Link.bitbucket_issue_id == issue_id).with_for_update())
+                Link.bitbucket_issue_id == issue_id).with_for_update(key_share=True))
             if link is None:
                 return  # not linked (its delivery failed or is held): nothing to compare with
             linked = {cl.bitbucket_comment_id: cl for cl in session.scalars(

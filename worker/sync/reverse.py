@@ -139,8 +139,17 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
     sent = {f.field: f.bitbucket_value for f in plan.fields}
     # What we write, and the helpdesk value it was written from: the pair an echo agrees on.
     pairs = {f.field: {"bitbucket": f.bitbucket_value, "target": f.target_value} for f in plan.fields}
+    # One write, one set of values to expect back: on the newest row only. Older writes of the
+    # same fields are superseded: their echoes, if still on the way, are stale by then.
+    for older in session.scalars(select(OutgoingChange).where(
+            OutgoingChange.link_id == link.id, OutgoingChange.state == "sent",
+            OutgoingChange.unechoed.is_not(None))):
+        left = {k: v for k, v in (older.unechoed or {}).items() if k not in sent}
+        if left != older.unechoed:
+            older.unechoed = left or None
     for r in rows:
-        r.state, r.attempts, r.sent_values, r.unechoed = "sending", r.attempts + 1, pairs, dict(sent)
+        r.state, r.attempts, r.sent_values = "sending", r.attempts + 1, pairs
+        r.unechoed = dict(sent) if r is rows[-1] else None
     return plan
 
 

@@ -1,15 +1,15 @@
 """initial schema
 
-Revision ID: 07d4551bfedb
+Revision ID: 135ce232d759
 Revises: 
-Create Date: 2026-11-29 06:13:39.882497
+Create Date: 2026-11-29 06:34:49.510669
 """
 from alembic import op
 import sqlalchemy as sa
 import worker.db.models
 
 
-revision = '07d4551bfedb'
+revision = '135ce232d759'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -92,6 +92,21 @@ def upgrade() -> None:
     with op.batch_alter_table('ticket_comments', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_ticket_comments_ticket_id'), ['ticket_id'], unique=False)
 
+    op.create_table('backfill_cursors',
+    sa.Column('connection_id', sa.Integer(), nullable=False),
+    sa.Column('repo', sa.String(length=255), nullable=False),
+    sa.Column('since', worker.db.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('updated_on', worker.db.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('issue_id', sa.Integer(), nullable=True),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('pages', sa.Integer(), nullable=False),
+    sa.Column('issues_seen', sa.Integer(), nullable=False),
+    sa.Column('started_at', worker.db.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', worker.db.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', worker.db.models.UTCDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['connection_id'], ['connections.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('connection_id', 'repo')
+    )
     op.create_table('connection_repos',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('connection_id', sa.Integer(), nullable=False),
@@ -153,6 +168,18 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('connection_id', 'bitbucket_repo', 'bitbucket_issue_id', name='uq_link_issue'),
     sa.UniqueConstraint('connection_id', 'target_id', name='uq_link_target')
+    )
+    op.create_table('reconcile_watermarks',
+    sa.Column('connection_id', sa.Integer(), nullable=False),
+    sa.Column('repo', sa.String(length=255), nullable=False),
+    sa.Column('updated_on', worker.db.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('issue_id', sa.Integer(), nullable=True),
+    sa.Column('issues_seen', sa.Integer(), nullable=False),
+    sa.Column('runs', sa.Integer(), nullable=False),
+    sa.Column('last_run_at', worker.db.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_error', sa.Text(), nullable=True),
+    sa.ForeignKeyConstraint(['connection_id'], ['connections.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('connection_id', 'repo')
     )
     op.create_table('webhook_secrets',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -280,6 +307,7 @@ def downgrade() -> None:
     op.drop_table('ledger')
     op.drop_table('comment_links')
     op.drop_table('webhook_secrets')
+    op.drop_table('reconcile_watermarks')
     op.drop_table('links')
     op.drop_table('escalations')
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
@@ -288,6 +316,7 @@ def downgrade() -> None:
 
     op.drop_table('deliveries')
     op.drop_table('connection_repos')
+    op.drop_table('backfill_cursors')
     with op.batch_alter_table('ticket_comments', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_ticket_comments_ticket_id'))
 
