@@ -201,6 +201,15 @@ class SyncModel(RuleBasedStateMachine):
                     except BitbucketError:
                         pass
 
+    def story(self, link_id: int, field: str) -> str:
+        """The ledger of one link and field, oldest first: what a person would read."""
+        with transaction() as session:
+            rows = session.scalars(select(LedgerEntry).where(
+                LedgerEntry.link_id == link_id, LedgerEntry.field.in_((field, None)))
+                .order_by(LedgerEntry.id))
+            return "\n".join(f"{e.direction:<7} {e.outcome:<8} old={e.old_value!r} new={e.new_value!r} "
+                             f"bb={e.bitbucket_value!r} t={e.target_value!r} {e.detail or ''}" for e in rows)
+
     # --- the properties --------------------------------------------------------------------
     def quiesce_and_check(self):
         self.state.faults.clear()
@@ -229,7 +238,8 @@ class SyncModel(RuleBasedStateMachine):
                 agree = (tables.to_target(field, remote[key]) == local[field]
                          or tables.to_bitbucket(field, local[field]) == remote[key])
                 assert agree or (links[issue_id].id, field) in open_conflicts, (
-                    f"issue {issue_id} {field}: Bitbucket {remote[key]!r}, helpdesk {local[field]!r}")
+                    f"issue {issue_id} {field}: Bitbucket {remote[key]!r}, helpdesk {local[field]!r}\n"
+                    + self.story(links[issue_id].id, field))
             # No comment twice, on either side.
             remote_bodies = [c["content"]["raw"] for c in self.api("GET", f"/issues/{issue_id}/comments",
                                                                    params={"pagelen": 100})["values"]
