@@ -11,11 +11,12 @@ Streaming: issues are read page by page (keyset paging on (updated_on, id), see
 `reconcile.IssueScan`), each issue processed and dropped; at most one page is held.
 
 Resumable: after each page the cursor, the (updated_on, id) of the last issue fully
-processed, is committed in `backfill_cursors`. An interrupted backfill (an exception, a
-killed process) continues from it on the next call with the same `since`; the issues of the
+processed, is committed in `backfill_cursors`, one row per repository. An interrupted
+backfill (an exception, a killed process) continues from it on the next call with the same
+`since` (repositories that call had finished are not read again); the issues of the
 interrupted page are read again and skipped by their request_uuids (nothing twice). A
-finished backfill (state `done`) starts over when called again, and creates nothing new: an
-issue already held at its version stores no delivery at all.
+finished backfill (every repository `done`) starts over when called again, and creates
+nothing new: an issue already held at its version stores no delivery at all.
 
 When a repository's backfill finishes, the reconciliation watermark is moved up to the last
 issue read (if that leaves no gap), so the next reconciliation does not read it all again.
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
 
-from sqlalchemy import ForeignKey, Integer, String
+from sqlalchemy import ForeignKey, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from worker.db.models import Base, Connection, UTCDateTime, utcnow
@@ -38,7 +39,7 @@ from worker.sync.reconcile import (PAGELEN, ClientFactory, Importer, IssueScan, 
 
 log = logging.getLogger("bbsync.backfill")
 
-COMMENT_MODES = ("all", "changed", "none")
+COMMENT_MODES = ("all", "missed", "none")
 
 
 class BackfillCursor(Base):
@@ -76,7 +77,7 @@ class BackfillPage:
 @dataclass
 class BackfillReport(SyncReport):
     resumed: dict[str, str] = field(default_factory=dict)   # repo -> cursor it resumed from
-    repos: dict[str, str] = field(default_factory=dict)     # repo -> "done"
+    repos: dict[str, str] = field(default_factory=dict)     # repo -> "done" | "done before"
 
 
 def backfill(connection_id: int, since: datetime | None = None,
@@ -89,7 +90,7 @@ def backfill(connection_id: int, since: datetime | None = None,
     page was committed; call again to continue.
 
     comments: "all" lists the comments of every issue touched after its creation (thorough;
-    one call per such issue), "changed" only of issues we were behind on, "none" never.
+    one call per such issue), "missed" only of those we were behind on, "none" never.
     """
     if comments not in COMMENT_MODES:
         raise ValueError(f"comments must be one of {', '.join(COMMENT_MODES)}, not {comments!r}")
@@ -101,9 +102,17 @@ def backfill(connection_id: int, since: datetime | None = None,
             raise LookupError(f"connection {connection_id} does not exist")
         repos = [r.full_name for r in conn.repos]
         session.expunge(conn)
+        cursors = {c.repo: (c.state, c.since) for c in session.scalars(
+            select(BackfillCursor).where(BackfillCursor.connection_id == connection_id))}
+    # An unfinished repository with the same `since` means this call continues an interrupted
+    # one: the repositories that call finished are not read again. Otherwise all start over.
+    resuming = any(cursors.get(repo) == ("running", since) for repo in repos)
     report = BackfillReport(connection_id=connection_id, connection=conn.name)
     importer = Importer(conn, client_factory(connection_id), report, pagelen)
     for repo in repos:
+        if resuming and cursors.get(repo) == ("done", since):
+            report.repos[repo] = "done before"
+            continue
         _backfill_repo(importer, conn, repo, since, comments, pagelen, page_callback)
         report.repos[repo] = "done"
     log.info("backfill.done connection=%s calls=%d seen=%d stored=%d created=%d outcomes=%s",

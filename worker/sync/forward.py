@@ -366,7 +366,9 @@ def _sync_comment(session: Session, conn: Connection, delivery: Delivery, event:
     if ours is not None:
         # A helpdesk comment we posted, seen back. If our own commit has not happened yet (or
         # never will, after a crash), the marker is enough to link it: never a second note.
-        if exists is None and session.get(TicketComment, ours) is not None:
+        linked = session.scalar(select(CommentLink.id).where(
+            CommentLink.link_id == link.id, CommentLink.target_comment_id == str(ours)))
+        if exists is None and linked is None and session.get(TicketComment, ours) is not None:
             session.add(CommentLink(link_id=link.id, bitbucket_comment_id=comment.id,
                                     target_comment_id=str(ours)))
         ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="echo",

@@ -27,18 +27,26 @@ Cost, per repository and run: the issue listing is keyset-paged, one query per p
 again), so `1 + (n - 1) // 99` calls for n issues read (n >= 1; never more than
 `1 + ceil(n / 100)`), and exactly one when nothing changed. n counts the issues changed since
 the watermark plus those re-read within the overlap window. An issue that we already hold at
-its version (its webhook arrived) costs nothing beyond its place in a page: no delivery, no
-transaction but one read. Comments cost one call per issue whose comments are listed:
-- comments="changed" (default): only issues whose webhooks we missed (the link was behind or
-  absent) and that changed after creation (created_on != updated_on; a new comment bumps
-  `updated_on`). New comments become internal notes through the engine (a synthetic
-  `issue:comment_created` delivery); edits and deletions of the comments of *those* issues
-  are noticed on the way.
-- comments="all": additionally every linked issue of the repository: a full comment scan.
-  Bitbucket bumps nothing on a comment edit or deletion, so an edit or deletion on an
-  otherwise unchanged issue is seen only by this scan (run it rarely, e.g. nightly: it costs
-  one call per linked issue). It also repairs a comment whose webhook was lost when a later
-  webhook of the same issue did arrive (the link is then at the issue's newest version).
+its version (its webhook arrived) needs no delivery and no processing. Comments cost one call
+(per 100 comments) for each issue whose comments are listed; only issues touched after their
+creation are ever listed (created_on != updated_on: a new comment bumps `updated_on`, so an
+untouched issue has none):
+- comments="changed" (default): issues we were behind on (the link was behind or absent),
+  and issues that changed since the previous run even though their webhooks arrived: a
+  comment whose webhook was lost leaves no trace once a later webhook of the same issue has
+  arrived, so this is what makes comments converge. In steady state that is one call per
+  issue touched since the previous run (whatever the cause: a Bitbucket edit, a comment, or
+  our own push); issues merely re-read within the overlap are not listed again.
+- comments="missed": only issues we were behind on. Cheapest; a comment lost before a later
+  webhook of its issue arrived then waits for an "all" run (the watermark moves on as in any
+  run, so a later "changed" run does not look at that issue again unless it changes again).
+- comments="all": every issue read, then every other linked issue of the repository: a full
+  comment scan, one call per linked issue. Bitbucket bumps nothing on a comment edit or
+  deletion, so an edit or deletion on an otherwise unchanged issue is seen only by this scan
+  (run it rarely, e.g. nightly).
+New comments become internal notes through the engine (a synthetic `issue:comment_created`
+delivery per comment, request_uuid from (repo, issue, comment id)); edits and deletions of the
+comments of every listed issue are noticed on the way.
 
 Comment edits update the internal note made from the comment (helpdesk notes are not
 editable locally, so the Bitbucket text is the only source of change). Comment deletions keep
@@ -91,7 +99,7 @@ PAGELEN = 100                         # Bitbucket's maximum for issues and comme
 OVERLAP = timedelta(seconds=30)       # how far before the watermark each run starts reading
 FIRST_RUN_SKEW = timedelta(minutes=5)  # first run: this much before the connection existed
 STUCK_AFTER = timedelta(minutes=15)   # outbox rows / deliveries older than this are re-queued
-COMMENT_MODES = ("changed", "all")
+COMMENT_MODES = ("missed", "changed", "all")
 #: Transient database errors (a lock timeout, losing the race to create the same link with a
 #: concurrent webhook): processing is tried again, a few times, inline.
 RETRYABLE = (OperationalError, IntegrityError)
@@ -272,20 +280,26 @@ class Importer:
     """Turns Bitbucket issues and comments into synthetic deliveries and runs the engine on
     them, one issue at a time, each step in its own short transaction."""
 
-    def __init__(self, conn: Connection, client: Any, report: SyncReport, pagelen: int = PAGELEN):
+    def __init__(self, conn: Connection, client: Any, report: SyncReport, pagelen: int = PAGELEN,
+                 *, remember_scans: bool = False):
         self.connection_id = conn.id
         self.connection = conn.name
         self.client = client
         self.report = report
         self.pagelen = pagelen
-        self.scanned: set[tuple[str, int]] = set()   # (repo, issue) whose comments were listed
+        # (repo, issue) whose comments were listed, when a later full comment scan must not
+        # list them twice (ids only; off for backfill, whose memory must not grow with issues).
+        self.scanned: set[tuple[str, int]] | None = set() if remember_scans else None
 
     # -- issues --
 
-    def issue(self, repo: str, issue: dict, *, comments: str) -> None:
-        """One issue, as the engine would see its webhook. comments: "changed" lists the
-        issue's comments only if we were behind on it; "all" whenever it has been touched;
-        "none" never."""
+    def issue(self, repo: str, issue: dict, *, comments: str, seen_up_to: datetime | None = None) -> None:
+        """One issue, as the engine would see its webhook, then (maybe) its comments. Only an
+        issue touched after its creation can have comments; of those, comments= lists:
+        "all": every one; "changed": those we were behind on, or that changed after
+        `seen_up_to` (the previous run's watermark; None: all are new), since a comment whose
+        webhook was lost leaves no trace once a later webhook of the issue arrived;
+        "missed": only those we were behind on; "none": none."""
         self.report.issues_seen += 1
         issue_id, updated = issue["id"], parse_time(issue.get("updated_on"))
         with transaction() as session:
@@ -301,8 +315,9 @@ class Importer:
             self.report.up_to_date += 1
         else:
             self._process(delivery_id, status, fresh, new_link=(repo, issue_id) if link is None else None)
-        wanted = {"all": _touched(issue), "changed": not current and _touched(issue), "none": False}
-        if wanted[comments]:
+        if comments != "none" and _touched(issue) and (
+                comments == "all" or not current or (
+                    comments == "changed" and (seen_up_to is None or updated is None or updated > seen_up_to))):
             self.comments(repo, issue_id, issue)
 
     # -- comments --
@@ -310,9 +325,10 @@ class Importer:
     def comments(self, repo: str, issue_id: int, issue: dict | None = None) -> None:
         """List one issue's comments: new ones go through the engine, edits and deletions
         (for which Bitbucket has no webhook) are applied here."""
-        if (repo, issue_id) in self.scanned:
-            return
-        self.scanned.add((repo, issue_id))
+        if self.scanned is not None:
+            if (repo, issue_id) in self.scanned:
+                return
+            self.scanned.add((repo, issue_id))
         started = utcnow()
         try:
             listed = list(self.client.iter_comments(repo, issue_id, pagelen=self.pagelen))
@@ -457,18 +473,19 @@ class Importer:
                         .group_by(LedgerEntry.outcome)))
                     linked = new_link is not None and self._link(session, *new_link) is not None
                 break
-            except RETRYABLE:
-                if attempt == PROCESS_ATTEMPTS:
-                    raise  # stored, so nothing is lost: the run stops before its watermark moves
-                log.info("reconcile.process_retry delivery=%s attempt=%d", delivery_id, attempt)
+            except RETRYABLE as exc:
+                if attempt < PROCESS_ATTEMPTS:
+                    log.info("reconcile.process_retry delivery=%s attempt=%d", delivery_id, attempt)
+                    continue
+                if isinstance(exc, OperationalError):
+                    raise  # the database is in trouble: stop; the run ends before its watermark
+                    # moves, and the stored delivery is found again by the next run
+                # A constraint that fails every time is not a race but bad data or a bug:
+                # dead-lettered below, so that one issue cannot stop reconciliation for good.
+                self._dead_letter(delivery_id, exc)
+                return
             except Exception as exc:  # a bug or bad data: dead-lettered, as the task does
-                log.error("reconcile.delivery_failed delivery=%s error=%s", delivery_id,
-                          exc.__class__.__name__)
-                with transaction() as session:
-                    d = session.get(Delivery, delivery_id)
-                    if d is not None and d.status == "received":
-                        deliveries.fail(session, d, f"{exc.__class__.__name__}: {exc}")
-                self.report.deliveries_failed += 1
+                self._dead_letter(delivery_id, exc)
                 return
         self.report.enqueue.extend(outcome.released)
         if outcome.status == "held":
@@ -480,6 +497,16 @@ class Importer:
         self.report.links_created += linked
         for name, n in outcomes:
             self.report.outcomes[name] += n
+
+
+    def _dead_letter(self, delivery_id: str, exc: Exception) -> None:
+        log.error("reconcile.delivery_failed delivery=%s error=%s", delivery_id, exc.__class__.__name__)
+        with transaction() as session:
+            d = session.get(Delivery, delivery_id)
+            if d is not None and d.status == "received":
+                deliveries.fail(session, d, f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}")
+        self.report.deliveries_failed += 1
+        self.report.errors.append(f"delivery {delivery_id} dead-lettered: {exc.__class__.__name__}")
 
 
 def _comment_text(comment: dict) -> str | None:
@@ -534,7 +561,7 @@ def reconcile_connection(connection_id: int, client_factory: ClientFactory = cli
         report.errors.append("the issue tracker was removed (410); nothing to poll")
     else:
         client = client_factory(connection_id)
-        importer = Importer(conn, client, report, pagelen)
+        importer = Importer(conn, client, report, pagelen, remember_scans=comments == "all")
         for repo in repos:
             report.repos[repo] = _reconcile_repo(importer, conn, repo, comments, overlap, pagelen)
     _stuck_work(report, connection_id, stuck_after)
@@ -549,7 +576,8 @@ def _reconcile_repo(importer: Importer, conn: Connection, repo: str, comments: s
     report = importer.report
     with transaction() as session:
         mark = _watermark(session, conn.id, repo)
-        since = (mark.updated_on - overlap) if mark.updated_on else first_run_start(conn)
+        seen_up_to = mark.updated_on
+        since = (seen_up_to - overlap) if seen_up_to else first_run_start(conn)
     scan = IssueScan(importer.client, repo, since=since, pagelen=pagelen)
     pages = scan.pages()
     result = "ok"
@@ -557,7 +585,7 @@ def _reconcile_repo(importer: Importer, conn: Connection, repo: str, comments: s
         try:
             for page in pages:
                 for issue in page:
-                    importer.issue(repo, issue, comments=comments)
+                    importer.issue(repo, issue, comments=comments, seen_up_to=seen_up_to)
                 report.pages += 1
                 _advance(conn.id, repo, page)
             if comments == "all":

@@ -196,8 +196,9 @@ class SyncModel(RuleBasedStateMachine):
                 items = reverse.plan_comments(session, link_id)
             for item in items:
                 if crash == "after_send":
-                    try:
-                        self.client.create_comment(item.repo, item.issue_id, item.body)
+                    try:  # as push_link would, up to the crash: a resumed post looks first
+                        if not (item.resume and push._find_posted(self.client, item)):
+                            self.client.create_comment(item.repo, item.issue_id, item.body)
                     except BitbucketError:
                         pass
 

@@ -7,10 +7,11 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from worker import connections
 from worker.bitbucket.errors import ServerError
-from worker.db.models import (Base, CommentLink, Connection, Delivery, LedgerEntry, Link, OutgoingChange, Ticket,
+from worker.db.models import (Base, CommentLink, Connection, ConnectionRepo, Delivery, LedgerEntry, Link, OutgoingChange, Ticket,
                               TicketComment)
 from worker.db.session import get_engine, transaction
 from worker.sync import push
@@ -23,8 +24,8 @@ WORKSPACE, SLUG = REPO.split("/")
 
 @pytest.fixture
 def h(harness):
-    """The sync harness plus the tables reconciliation and backfill keep (the lead's
-    migration adds them; here they are created beside the migrated schema)."""
+    """The sync harness, and the tables reconciliation and backfill keep (created here if
+    the migrated schema does not have them yet; a no-op once it does)."""
     Base.metadata.create_all(get_engine(), tables=[ReconcileWatermark.__table__, BackfillCursor.__table__])
     return harness
 
@@ -179,14 +180,23 @@ def _ledger_since(n: int) -> list[LedgerEntry]:
 # --- API cost ---------------------------------------------------------------------------------
 
 def test_nothing_changed_costs_one_call_per_repository(h):
+    h.state.create_repository("acme", "gadgets")
+    with transaction() as session:
+        session.add(ConnectionRepo(connection_id=conn_id(), full_name="acme/gadgets"))
     h.api("POST", "/issues", json={"title": "Quiet"})
     h.process_webhooks()
-    reconcile(h)
+    h.state.faults.drop_webhooks(times=2)
+    for title in ("Gadget one", "Gadget two"):  # no hook on this repository at all
+        h.state.create_issue("acme", "gadgets", {"title": title}, actor(h))
+    first = reconcile(h)
+    assert first.links_created == 2 and first.repos == {REPO: "ok", "acme/gadgets": "ok"}
+
     mark = len(h.state.request_log)
     report = reconcile(h)
     calls = gets(h, mark)
-    assert len(calls) == report.api_calls == 1
-    assert calls[0].path == f"/2.0/repositories/{REPO}/issues"
+    assert len(calls) == report.api_calls == 2
+    assert sorted(c.path for c in calls) == [f"/2.0/repositories/acme/gadgets/issues",
+                                             f"/2.0/repositories/{REPO}/issues"]
     assert report.deliveries_stored == 0
 
 
@@ -284,13 +294,14 @@ def test_comment_edits_and_deletions_are_seen_by_a_full_comment_scan(h):
     push.push_link(1, client_factory=h.client_factory)
     h.process_webhooks()
     assert [n.body for n in notes(ticket.id)] == ["First take.", "Wrong issue, sorry.", "Thanks, looking."]
+    assert reconcile(h).comments_stored == 0  # all in sync; this run sets the watermark
 
     # No webhook exists for either, and the issue's updated_on does not move.
     h.api("PUT", f"/issues/{issue['id']}/comments/{kept['id']}", json={"content": {"raw": "Second take."}})
     h.api("DELETE", f"/issues/{issue['id']}/comments/{gone['id']}")
     assert h.process_webhooks() == []
 
-    cheap = reconcile(h)  # the limit: an unchanged issue's comments are not listed
+    cheap = reconcile(h)  # the limit: an unchanged issue's comments are not listed again
     assert (cheap.comment_scans, cheap.comment_edits, cheap.comment_deletions) == (0, 0, 0)
 
     mark = len(h.state.request_log)
@@ -314,16 +325,24 @@ def test_comment_edits_and_deletions_are_seen_by_a_full_comment_scan(h):
     assert [n.body for n in notes(ticket.id)] == bodies
 
 
-def test_comment_on_an_issue_whose_later_webhook_arrived_is_found_by_the_full_scan(h):
+@pytest.mark.parametrize("mode,found", [("changed", True), ("missed", False)])
+def test_comment_lost_before_a_later_webhook_of_its_issue(h, mode, found):
     issue = h.api("POST", "/issues", json={"title": "Two events"})
     h.process_webhooks()
+    reconcile(h)
     lost(h, "POST", f"/issues/{issue['id']}/comments", json={"content": {"raw": "Lost words."}})
     h.api("PUT", f"/issues/{issue['id']}", json={"priority": "minor"})  # this one arrives
-    h.process_webhooks()
-    assert reconcile(h).comments_stored == 0   # the link holds the issue's newest version
-    report = reconcile(h, comments="all")
-    assert report.comments_stored == 1
-    assert [n.body for n in notes(tickets_by_issue()[issue["id"]].id)] == ["Lost words."]
+    h.process_webhooks()  # the link now holds the issue's newest version
+
+    mark = len(h.state.request_log)
+    # "changed" lists the comments of an issue that changed since the previous run; "missed"
+    # only of those we were behind on, and misses this one.
+    report = reconcile(h, comments=mode)
+    assert (report.comment_scans, report.comments_stored) == (int(found), int(found))
+    assert report.api_calls == len(gets(h, mark)) == 1 + found
+    assert [n.body for n in notes(tickets_by_issue()[issue["id"]].id)] == (["Lost words."] if found else [])
+    again = reconcile(h)  # re-read within the overlap: not listed a second time
+    assert (again.comment_scans, again.api_calls) == (0, 1)
 
 
 # --- the helpdesk side and failures -----------------------------------------------------------
@@ -343,27 +362,50 @@ def test_stuck_outbox_rows_are_reported_for_requeueing(h):
     assert reconcile(h).stuck_links == []
 
 
-def test_a_delivery_that_fails_is_dead_lettered_and_the_rest_go_on(h, monkeypatch):
-    quiet_issues(h, 3)
+def _break_issue_2(monkeypatch, exc: Exception):
     from worker.sync import forward
     real = forward.process_delivery
 
     def broken_for_issue_2(session, delivery_id):
         if session.get(Delivery, delivery_id).issue_key == f"{REPO}#2":
-            raise RuntimeError("bad data")
+            raise exc
         return real(session, delivery_id)
 
     monkeypatch.setattr(forward, "process_delivery", broken_for_issue_2)
+    return lambda: monkeypatch.setattr(forward, "process_delivery", real)
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("bad data"),
+                                 IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed: bad data"))],
+                         ids=["bug", "constraint"])
+def test_a_delivery_that_fails_is_dead_lettered_and_the_rest_go_on(h, monkeypatch, exc):
+    quiet_issues(h, 3)
+    restore = _break_issue_2(monkeypatch, exc)
     report = reconcile(h)
     assert (report.deliveries_failed, report.deliveries_processed) == (1, 2)
-    assert sorted(tickets_by_issue()) == [1, 3]
-    monkeypatch.setattr(forward, "process_delivery", real)
+    assert sorted(tickets_by_issue()) == [1, 3] and report.errors
+    restore()
     with transaction() as session:
         failed = session.scalars(select(Delivery).where(Delivery.status == "failed")).one()
     assert "bad data" in failed.error
     assert h.web.post(f"/api/deliveries/{failed.id}/replay").status_code == 200
     h.process_webhooks()
     assert sorted(tickets_by_issue()) == [1, 2, 3]
+
+
+def test_a_database_in_trouble_stops_the_run_and_the_next_run_resumes(h, monkeypatch):
+    quiet_issues(h, 3)
+    restore = _break_issue_2(monkeypatch, OperationalError("UPDATE", {}, Exception("database is locked")))
+    with pytest.raises(OperationalError):
+        reconcile(h)
+    assert sorted(tickets_by_issue()) == [1] and watermark().updated_on is None
+    restore()
+    report = reconcile(h)
+    assert sorted(tickets_by_issue()) == [1, 2, 3]
+    # Issue 2's delivery was stored by the first run and is processed now, not stored again.
+    assert (report.deliveries_stored, report.deliveries_processed) == (1, 2)
+    with transaction() as session:
+        assert session.scalar(select(Delivery.runs).where(Delivery.issue_key == f"{REPO}#2")) == 2
 
 
 def test_removed_issue_tracker_is_reported_not_retried(h):
