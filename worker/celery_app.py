@@ -56,6 +56,16 @@ def celery_config(settings: Settings) -> dict:
 app = Celery("bbsync", include=["worker.tasks"])
 
 
+#: The periodic jobs run by the Procfile's `beat:` process (exactly one beat per deployment).
+BEAT_SCHEDULE = {
+    "reconcile": {"task": "bbsync.reconcile_all", "schedule": 300.0},
+    "requeue-pending": {"task": "bbsync.requeue_pending", "schedule": 60.0},
+}
+
+
 @app.on_configure.connect
 def _configure(sender: Celery, **_kwargs) -> None:
-    sender.conf.update(celery_config(get_settings()))
+    settings = get_settings()
+    sender.conf.update(celery_config(settings))
+    sender.conf.beat_schedule = BEAT_SCHEDULE
+    sender.conf.beat_schedule_filename = str(settings.var_dir / "celerybeat-schedule")

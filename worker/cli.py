@@ -203,6 +203,62 @@ def conflicts_resolve(conflict_id: int, take: str, value: str | None) -> None:
     click.echo(f"conflict {conflict_id} resolved: took {take}" + ("; Bitbucket update queued" if push else ""))
 
 
+def _connection_id(name: str) -> int:
+    from worker import connections
+    from worker.db.session import transaction
+    with transaction() as session:
+        conn = connections.get(session, name)
+        if conn is None:
+            _fail(f"unknown connection {name!r}")
+        return conn.id
+
+
+@main.command()
+@click.argument("name")
+@click.option("--comments", type=click.Choice(["changed", "all"]), default="changed", show_default=True,
+              help="'all' also scans comments of unchanged issues (edits and deletions have no webhook).")
+def reconcile(name: str, comments: str) -> None:
+    """Poll Bitbucket now for what connection NAME's webhooks missed."""
+    from worker.bitbucket.errors import BitbucketError
+    from worker.sync.reconcile import reconcile_connection
+    from worker.tasks import enqueue, enqueue_delivery
+    try:
+        report = reconcile_connection(_connection_id(name), comments=comments)
+    except BitbucketError as exc:
+        _fail(f"Bitbucket: {exc.__class__.__name__}: {exc}")
+    for delivery_id in report.enqueue:
+        enqueue_delivery(delivery_id)
+    for link_id in report.stuck_links:
+        enqueue("push_link", link_id)
+    click.echo(f"reconciled {name}: {report.api_calls} API call(s), {report.issues_seen} issue(s) seen, "
+               f"{report.deliveries_stored} stored, outcomes {dict(report.outcomes)}"
+               + (f", errors: {'; '.join(report.errors)}" if report.errors else ""))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--since", default=None, help="Only issues updated since this ISO date/time.")
+def backfill(name: str, since: str | None) -> None:
+    """Import connection NAME's existing issues and comments (streaming, resumable, idempotent)."""
+    from datetime import datetime, timezone
+    from worker.bitbucket.errors import BitbucketError
+    from worker.sync.backfill import backfill as run_backfill
+    when = None
+    if since:
+        try:
+            when = datetime.fromisoformat(since)
+        except ValueError:
+            _fail(f"--since {since!r} is not an ISO date or date-time")
+        when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    try:
+        report = run_backfill(_connection_id(name), since=when,
+                              page_callback=lambda p: click.echo(f"  {p.repo}: page {p.page}, {p.issues_seen} issue(s) so far", err=True))
+    except BitbucketError as exc:
+        _fail(f"Bitbucket: {exc.__class__.__name__}: {exc} (run again to resume)")
+    click.echo(f"backfilled {name}: {report.issues_seen} issue(s) seen, {report.deliveries_stored} stored, "
+               f"{report.api_calls} API call(s), outcomes {dict(report.outcomes)}")
+
+
 @main.group()
 def deliveries() -> None:
     """Stored webhook deliveries."""

@@ -110,6 +110,29 @@ def requeue_pending(older_than: timedelta = REQUEUE_AFTER) -> int:
     return sum(enqueue_delivery(i) for i in ids) + sum(enqueue("push_link", i) for i in links)
 
 
+@app.task(name="bbsync.reconcile_all")
+def reconcile_all() -> dict:
+    """The periodic job (the Procfile's beat): poll each connection for what webhooks missed,
+    and feed it to the same engine. One call per repository, plus one per 100 changed issues."""
+    from worker.db.models import Connection
+    from worker.sync.reconcile import reconcile_connection
+    with transaction() as session:
+        ids = list(session.scalars(select(Connection.id).where(Connection.tracker_removed_at.is_(None))))
+    summary = {}
+    for connection_id in ids:
+        try:
+            report = reconcile_connection(connection_id)
+        except bitbucket_errors.BitbucketError as exc:
+            log.warning("reconcile.failed connection=%s error=%s", connection_id, exc.__class__.__name__)
+            continue
+        for delivery_id in report.enqueue:
+            enqueue_delivery(delivery_id)
+        for link_id in report.stuck_links:
+            enqueue("push_link", link_id)
+        summary[report.connection] = {"api_calls": report.api_calls, "issues_seen": report.issues_seen}
+    return summary
+
+
 @app.task(name="bbsync.requeue_pending")
 def requeue_pending_task() -> int:
     return requeue_pending()

@@ -174,6 +174,18 @@ def _update_link(session: Session, conn: Connection, delivery: Delivery, event: 
         if _is_echo(session, conn, delivery, event, link, field, incoming, in_flight, row):
             decided += 1
             continue
+        if (row is not None and row.bitbucket_at is not None and event.issue.updated_at is not None
+                and event.issue.updated_at < row.bitbucket_at):
+            # Older than the value held for this field (our own later write): no news for it,
+            # unless it is the Bitbucket edit our write replaced, which makes a conflict.
+            if incoming != row.bitbucket_value and not _overwritten(
+                    session, conn, delivery, event, link, target, only=field):
+                ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="stale",
+                              field=field, link_id=link.id, delivery_id=delivery.id, actor=event.actor,
+                              bitbucket_value=incoming, bitbucket_at=event.issue.updated_at,
+                              detail=f"older than the value written at {row.bitbucket_at.isoformat()}")
+            decided += 1
+            continue
         base = ShadowPair(row.bitbucket_value, row.target_value) if row else None
         to_dest, to_source = _mappers(tables, field)
         d = decide_field(field, incoming, current.fields.get(field), base,
@@ -200,7 +212,7 @@ def _update_link(session: Session, conn: Connection, delivery: Delivery, event: 
 
 
 def _overwritten(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
-                 link: Link, target: LocalHelpdesk) -> None:
+                 link: Link, target: LocalHelpdesk, only: str | None = None) -> set[str]:
     """A stale event carrying a Bitbucket edit that our later write replaced: both sides changed
     the field, so it is a conflict, decided now that the event tells us when Bitbucket's edit
     happened. If Bitbucket should have won, its value goes to the ticket and back to Bitbucket."""
@@ -209,11 +221,13 @@ def _overwritten(session: Session, conn: Connection, delivery: Delivery, event: 
         OutgoingChange.state == "sent", OutgoingChange.created_at >= utcnow() - ECHO_WINDOW))
         if r.overwritten]
     tables = connections.tables_for(conn)
+    handled: set[str] = set()
     for row in rows:
         for field, replaced in list(row.overwritten.items()):
             value = replaced["was"]
-            if event.issue.fields.get(field, MISSING) != value:
+            if (only is not None and field != only) or event.issue.fields.get(field, MISSING) != value:
                 continue
+            handled.add(field)
             row.overwritten = {k: v for k, v in row.overwritten.items() if k != field} or None
             current = target.read(link.target_id)
             policy = connections.policy_for(conn, field)
@@ -239,6 +253,7 @@ def _overwritten(session: Session, conn: Connection, delivery: Delivery, event: 
                                         base=ShadowPair(shadow.bitbucket_value, shadow.target_value) if shadow else None,
                                         bitbucket_value=value, target_value=current.fields.get(field),
                                         ledger_id=entry.id)
+    return handled
 
 
 def _stale_echoes(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,

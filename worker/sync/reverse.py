@@ -179,10 +179,9 @@ def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> bool
                       target_value=f.target_value, bitbucket_value=f.bitbucket_value,
                       bitbucket_at=written_at,
                       detail=f"replaced Bitbucket's concurrent {old!r}" if f.field in overwritten else None)
-    # Our write is now the newest state Bitbucket holds: webhooks carrying older snapshots
-    # must not undo it.
-    if link.bitbucket_updated_at is None or written_at > link.bitbucket_updated_at:
-        link.bitbucket_updated_at = written_at
+    # The written fields' shadows carry the write's time, so an older snapshot cannot undo
+    # them (forward checks per field). The link's own watermark is left alone: it says which
+    # Bitbucket snapshot we last read whole, and our write told us nothing of the other fields.
     for r in session.scalars(select(OutgoingChange).where(OutgoingChange.id.in_(plan.outbox_ids))):
         if r.state == "sending":
             r.state, r.sent_at, r.error = "sent", utcnow(), None

@@ -208,8 +208,11 @@ class SyncModel(RuleBasedStateMachine):
             rows = session.scalars(select(LedgerEntry).where(
                 LedgerEntry.link_id == link_id, LedgerEntry.field.in_((field, None)))
                 .order_by(LedgerEntry.id))
-            return "\n".join(f"{e.direction:<7} {e.outcome:<8} old={e.old_value!r} new={e.new_value!r} "
-                             f"bb={e.bitbucket_value!r} t={e.target_value!r} {e.detail or ''}" for e in rows)
+            lines = [f"{e.direction:<7} {e.outcome:<8} old={e.old_value!r} new={e.new_value!r} "
+                     f"bb={e.bitbucket_value!r} t={e.target_value!r} {e.detail or ''}" for e in rows]
+            stuck = [f"delivery {d.id} {d.status}: {d.error}" for d in session.scalars(
+                select(Delivery).where(Delivery.status.in_(("failed", "held", "received"))))]
+            return "\n".join(lines + stuck)
 
     # --- the properties --------------------------------------------------------------------
     def quiesce_and_check(self):
