@@ -104,7 +104,7 @@ class SyncModel(RuleBasedStateMachine):
     # --- helpers -------------------------------------------------------------------------
     def api(self, method, path, **kw):
         url = f"{SIM}/2.0/repositories/{REPO}{path}"
-        for _ in range(20):  # injected faults hit the developer too; a person tries again
+        for _ in range(200):  # injected faults hit the developer too; a person tries again
             r = self.dev.request(method, url, **kw)
             if r.status_code not in (429, 500, 502, 503):
                 break
