@@ -151,3 +151,11 @@ def running(request, tmp_path_factory) -> Running:
     run, stop = _start(request.param, tmp_path_factory.mktemp(request.param))
     request.addfinalizer(stop)
     return run
+
+
+@pytest.fixture(scope="module")
+def simulator():
+    """The Bitbucket simulator on a loopback port (its webhooks reach the stacks over HTTP)."""
+    from tests.integration.simulator_server import serve_simulator
+    with serve_simulator() as sim:
+        yield sim

@@ -6,16 +6,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx2
 import pytest
 
-from tests.integration.simulator_server import serve_simulator
-from tests.integration.two_way import TwoWay, wait_for
+from tests.integration.two_way import TwoWay
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def simulator():
-    with serve_simulator() as sim:
-        yield sim
 
 
 @pytest.fixture

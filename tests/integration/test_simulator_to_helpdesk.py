@@ -1,33 +1,18 @@
 """Edits made in the Bitbucket simulator arrive as real signed webhooks and become tickets."""
 from __future__ import annotations
 
-import time
 import uuid
 
 import httpx2
 import pytest
 
-from tests.integration.simulator_server import serve_simulator
+from tests.integration.two_way import wait_for
 
 pytestmark = pytest.mark.integration
 
 AUTH = ("dev@acme.example", "api-token")
 
 
-@pytest.fixture(scope="module")
-def simulator():
-    with serve_simulator() as (state, url):
-        yield state, url
-
-
-def _wait(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_issue_edits_in_bitbucket_reach_the_helpdesk(running, simulator):
@@ -52,7 +37,7 @@ def test_issue_edits_in_bitbucket_reach_the_helpdesk(running, simulator):
     def settled():
         counts = running.get("/api/deliveries", connection=conn).json()["counts"]
         return counts.get("processed", 0) == 4 and not counts.get("received")
-    _wait(settled)
+    wait_for(settled, what="deliveries processed")
 
     ticket = running.get("/api/tickets", connection=conn, bitbucket_repo=repo,
                          bitbucket_issue=issue["id"]).json()["tickets"][0]

@@ -5,7 +5,6 @@ import pytest
 
 from config import mappings
 from config.enums import BITBUCKET, TARGET
-from tests.integration.simulator_server import serve_simulator
 from tests.integration.two_way import TwoWay, wait_for
 
 pytestmark = pytest.mark.integration
@@ -13,10 +12,6 @@ pytestmark = pytest.mark.integration
 BB_KEY = {"status": "state", "priority": "priority", "type": "kind"}
 
 
-@pytest.fixture(scope="module")
-def simulator():
-    with serve_simulator() as sim:
-        yield sim
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 events held behind a failed one (one issue's events never apply out of order)."""
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker import ledger

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -36,7 +37,7 @@ class Outcome:
     delivery_id: str
     status: str  # processed | ignored | held | failed | skipped (already done)
     detail: str = ""
-    released: list[str] = field(default_factory=list)  # held deliveries to enqueue now
+    released: list[str] = dataclass_field(default_factory=list)  # held deliveries to enqueue now
     push_link: int | None = None  # a link with helpdesk changes now waiting for Bitbucket
 
 
