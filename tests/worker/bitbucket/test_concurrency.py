@@ -1,5 +1,6 @@
 """The budget and the OAuth refresh under concurrent callers, on the embedded SQLite default
-and on PostgreSQL (when TEST_POSTGRES_URL, or a local server, answers; skipped otherwise).
+and on PostgreSQL (when TEST_POSTGRES_URL, or a local server, answers; skipped otherwise,
+except with CI=true, where a missing PostgreSQL is a failure).
 
 Threads with their own sessions are enough to contend for the database's locks: SQLite's
 `BEGIN IMMEDIATE`, PostgreSQL's row locks (`FOR UPDATE`, and the upserted budget row)."""
@@ -27,10 +28,12 @@ THREADS = 6
 
 
 def _postgres_database():
-    psycopg = pytest.importorskip("psycopg")
+    import psycopg
     try:
         admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=2)
     except psycopg.OperationalError:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI=true: PostgreSQL not answering at {PG_URL}", pytrace=False)
         pytest.skip(f"PostgreSQL not answering at {PG_URL}")
     name = f"bbsync_bitbucket_{uuid.uuid4().hex[:10]}"
     with admin:
