@@ -1,0 +1,357 @@
+"""End-to-end pipeline: webhook -> ticket throughput, latency, and reconciliation cost.
+
+    .venv/bin/python bench/pipeline.py [--events 400] [--senders 8] [--rate 50] [--seconds 20]
+                                       [--issues 10000] [--changed 100]
+
+Needs PostgreSQL and Redis (TEST_POSTGRES_URL / TEST_REDIS_URL, defaults on 127.0.0.1). The web
+app (gunicorn) and celery workers (--pool=solo) run as real processes on a fresh database and
+a unique queue. A delivery's end-to-end time is its `processed_at` (PostgreSQL) minus the
+moment this script sent its POST (wall clock, same machine).
+
+1. Sustained throughput with ONE worker process, then with TWO (the baseline is one): a burst
+   of --events issue:created events for distinct issues from --senders threads; events/s
+   from the first send to the last processed_at.
+2. p50/p99 end-to-end latency at a paced offered load (--rate events/s for --seconds) with
+   two workers.
+3. Reconciliation after --changed of --issues issues changed, against a full scan (listing
+   every issue with the product's client) in the same run. The Bitbucket simulator runs in
+   this process; the import (backfill) and reconciliation run in this process too.
+
+A part that cannot be measured prints "not measured: <reason>" instead of stopping the run.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx2  # noqa: E402
+import psycopg  # noqa: E402
+import redis  # noqa: E402
+from cryptography.fernet import Fernet  # noqa: E402
+
+from webhooks.signatures import sign  # noqa: E402
+from worker.stack import Stack  # noqa: E402
+
+PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+TEMPLATE = json.loads((ROOT / "tests" / "fixtures" / "webhooks" /
+                       "kanboard__bitbucket_issue_opened.json").read_text())
+WEBHOOK_REPO = TEMPLATE["repository"]["full_name"]
+SECRET = "bench-secret-" + uuid.uuid4().hex[:8]
+RECON_USER = ("bench@acme.example", "tok")
+
+
+# -- sending webhooks --------------------------------------------------------------------------
+
+class Sender:
+    """Signed issue:created webhooks for distinct issues; records send times by delivery id."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.next_issue = 1000
+        self.lock = threading.Lock()
+
+    def _body(self, issue_id: int) -> bytes:
+        d = copy.deepcopy(TEMPLATE)
+        now = datetime.now(timezone.utc).isoformat()
+        d["issue"]["id"] = issue_id
+        d["issue"]["title"] = f"bench issue {issue_id}"
+        d["issue"]["created_on"] = now
+        d["issue"]["updated_on"] = now
+        return json.dumps(d).encode()
+
+    def take_ids(self, n: int) -> list[int]:
+        with self.lock:
+            ids = list(range(self.next_issue, self.next_issue + n))
+            self.next_issue += n
+            return ids
+
+    def send(self, n: int, threads: int, rate: float | None = None, deadline_s: float = 300) -> dict:
+        """Send n events (paced at `rate`/s if given, else as fast as `threads` allow).
+        Returns {delivery_id: send wall time}, plus failures."""
+        ids = self.take_ids(n)
+        bodies = [self._body(i) for i in ids]
+        sent: dict[str, float] = {}
+        errors: list[str] = []
+        idx = iter(range(n))
+        lock = threading.Lock()
+        start = time.monotonic()
+        stop_at = start + deadline_s
+
+        def loop() -> None:
+            with httpx2.Client(timeout=30) as client:
+                while time.monotonic() < stop_at:
+                    with lock:
+                        k = next(idx, None)
+                    if k is None:
+                        return
+                    if rate:
+                        delay = start + k / rate - time.monotonic()
+                        if delay > 0:
+                            time.sleep(delay)
+                    body = bodies[k]
+                    headers = {"X-Event-Key": "issue:created", "X-Request-UUID": str(uuid.uuid4()),
+                               "X-Hub-Signature": sign(SECRET, body), "Content-Type": "application/json"}
+                    t = time.time()
+                    try:
+                        resp = client.post(self.url, content=body, headers=headers)
+                    except httpx2.TransportError as exc:
+                        with lock:
+                            errors.append(type(exc).__name__)
+                        continue
+                    if resp.status_code != 202:
+                        with lock:
+                            errors.append(str(resp.status_code))
+                        continue
+                    with lock:
+                        sent[resp.json()["delivery"]] = t
+
+        ts = [threading.Thread(target=loop, daemon=True) for _ in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(deadline_s + 60)
+        return {"sent": sent, "errors": errors, "send_seconds": time.monotonic() - start}
+
+
+def wait_processed(db_url: str, ids: list[str], timeout: float) -> dict[str, tuple[str, float | None]]:
+    """Poll until every delivery has processed_at (or timeout); {id: (status, processed_ts)}."""
+    deadline = time.monotonic() + timeout
+    rows: dict[str, tuple[str, float | None]] = {}
+    with psycopg.connect(db_url, autocommit=True) as c:
+        while True:
+            rows = {i: (st, p.timestamp() if p else None) for i, st, p in c.execute(
+                "select id, status, processed_at from deliveries where id = any(%s)", (ids,))}
+            done = sum(1 for st, p in rows.values() if p is not None)
+            if done >= len(ids) or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.1)
+
+
+def burst(db_url: str, sender: Sender, n: int, threads: int, timeout: float) -> dict:
+    res = sender.send(n, threads)
+    sent = res["sent"]
+    if not sent:
+        return {"error": f"no event accepted ({res['errors'][:3]})"}
+    rows = wait_processed(db_url, list(sent), timeout)
+    done = {i: p for i, (st, p) in rows.items() if p is not None}
+    first = min(sent.values())
+    last = max(done.values()) if done else float("nan")
+    lat = sorted(done[i] - sent[i] for i in done)
+    statuses: dict[str, int] = {}
+    for st, _ in rows.values():
+        statuses[st] = statuses.get(st, 0) + 1
+    return {"accepted": len(sent), "errors": len(res["errors"]), "processed": len(done),
+            "statuses": statuses, "seconds": last - first,
+            "eps": len(done) / (last - first) if done else 0.0,
+            "p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99), "send_seconds": res["send_seconds"]}
+
+
+def paced(db_url: str, sender: Sender, rate: float, seconds: float, threads: int, timeout: float) -> dict:
+    n = int(rate * seconds)
+    res = sender.send(n, threads, rate=rate, deadline_s=seconds + 60)
+    sent = res["sent"]
+    if not sent:
+        return {"error": f"no event accepted ({res['errors'][:3]})"}
+    rows = wait_processed(db_url, list(sent), timeout)
+    done = {i: p for i, (st, p) in rows.items() if p is not None}
+    lat = sorted(done[i] - sent[i] for i in done)
+    return {"offered": n, "accepted": len(sent), "errors": len(res["errors"]), "processed": len(done),
+            "achieved_rate": len(sent) / res["send_seconds"],
+            "p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99), "max": lat[-1] if lat else float("nan")}
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))] if xs else float("nan")
+
+
+# -- reconciliation --------------------------------------------------------------------------
+
+def reconcile_part(stack: Stack, db_url: str, n_issues: int, changed: int, timeout: float) -> dict:
+    """Simulator in-process; import n_issues via backfill, change `changed`, then time the
+    product's reconciliation and a full scan with the product's client."""
+    from config.settings import get_settings
+    get_settings.cache_clear()
+    from tests.integration.simulator_server import serve_simulator
+    from worker.sync.backfill import backfill
+    from worker.sync.clients import client_for
+    from worker.sync.reconcile import reconcile_connection
+
+    with serve_simulator() as (state, sim_url):
+        ws, slug = "bench", f"recon-{uuid.uuid4().hex[:8]}"
+        repo = f"{ws}/{slug}"
+        state.create_repository(ws, slug, has_issues=True)
+        actor = state.principal_for_basic("bench-driver@acme.example")
+        t = time.perf_counter()
+        for i in range(n_issues):
+            state.create_issue(ws, slug, {"title": f"recon issue {i}"}, actor)
+        create_s = time.perf_counter() - t
+        # Spread the issues over the past (one a minute, the newest a minute ago): created in
+        # one burst, they would all fall in reconciliation's overlap window behind its watermark.
+        now = datetime.now(timezone.utc)
+        with state.lock:
+            for item in state._repos[repo].issues.values():
+                item.created_on = item.updated_on = now - timedelta(minutes=n_issues + 1 - item.id)
+        stack.run("connection", "add", "recon", "--repo", repo, "--webhook-secret", SECRET,
+                  "--api-url", f"{sim_url}/2.0", "--api-token", f"{RECON_USER[0]}:{RECON_USER[1]}")
+        with psycopg.connect(db_url) as c:
+            conn_id = c.execute("select id from connections where name = 'recon'").fetchone()[0]
+
+        t = time.perf_counter()
+        bf = backfill(conn_id, comments="none")
+        backfill_s = time.perf_counter() - t
+        if time.perf_counter() - t > timeout:
+            return {"error": "backfill took longer than the timeout"}
+
+        time.sleep(0.05)
+        step = max(1, n_issues // max(1, changed))
+        changed_ids = [1 + k * step for k in range(min(changed, n_issues))]
+        for i in changed_ids:
+            state.update_issue(ws, slug, i, {"title": f"recon issue {i} (changed)"}, actor)
+
+        mark = len(state.request_log)
+        t = time.perf_counter()
+        rep = reconcile_connection(conn_id)
+        rec_s = time.perf_counter() - t
+        rec_calls = [x for x in state.request_log[mark:]]
+
+        client = client_for(conn_id)
+        mark = len(state.request_log)
+        t = time.perf_counter()
+        listed = sum(1 for _ in client.iter_issues(repo, pagelen=100))
+        full_s = time.perf_counter() - t
+        full_calls = [x for x in state.request_log[mark:]]
+        state.wait_for_deliveries(2)
+    return {"issues": n_issues, "changed": len(changed_ids), "create_s": create_s,
+            "backfill_s": backfill_s, "backfill_calls": bf.api_calls, "backfill_seen": bf.issues_seen,
+            "rec_s": rec_s, "rec_calls": len(rec_calls), "rec_reported_calls": rep.api_calls,
+            "rec_seen": rep.issues_seen, "rec_outcomes": dict(rep.outcomes), "rec_errors": rep.errors,
+            "full_s": full_s, "full_calls": len(full_calls), "full_listed": listed}
+
+
+# -- main --------------------------------------------------------------------------------------
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=400, help="events per throughput burst")
+    ap.add_argument("--senders", type=int, default=8, help="sender threads")
+    ap.add_argument("--rate", type=float, default=50, help="offered load for the latency part")
+    ap.add_argument("--seconds", type=float, default=20, help="duration of the latency part")
+    ap.add_argument("--issues", type=int, default=10000, help="issues for the reconciliation part")
+    ap.add_argument("--changed", type=int, default=100, help="of which changed before reconciling")
+    ap.add_argument("--timeout", type=float, default=300, help="max seconds to wait per part")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip (1,2,3)")
+    args = ap.parse_args()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    skip = set(args.skip.split(","))
+
+    db_name = f"bbsync_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{db_name}"')
+    db_url = PG_URL.rpartition("/")[0] + "/" + db_name
+    queue = f"bbsync-bench-{uuid.uuid4().hex[:6]}"
+    tmp = ROOT / "var" / "bench-pipeline"
+    tmp.mkdir(parents=True, exist_ok=True)
+    for old in tmp.glob("*.log"):
+        old.unlink()
+    # This process runs backfill/reconcile itself (part 3): same settings as the stack.
+    os.environ.update(DATABASE_URL=db_url, REDIS_URL=REDIS_URL, BBSYNC_QUEUE=queue,
+                      BBSYNC_VAR_DIR=str(tmp), BBSYNC_SECRET_KEYS=Fernet.generate_key().decode())
+    os.environ.pop("BROKER_URL", None)
+    env = dict(os.environ)
+    stack = Stack(env=env, log_dir=tmp)
+    r = redis.Redis.from_url(REDIS_URL)
+    out: list[str] = [f"pipeline benchmark: events {args.events} ({args.senders} senders), "
+                      f"paced {args.rate:g}/s x {args.seconds:g} s, reconcile {args.issues} issues / "
+                      f"{args.changed} changed"]
+    try:
+        stack.run("db", "upgrade")
+        stack.run("connection", "add", "bench", "--repo", WEBHOOK_REPO, "--webhook-secret", SECRET)
+        web = stack.start_web(workers=4, threads=4)
+        sender = Sender(f"{web}/webhooks/bitbucket/bench")
+
+        one = two = None
+        if "1" not in skip or "2" not in skip:
+            stack.start_worker("worker-1")
+            burst(db_url, sender, 20, args.senders, 60)  # warm-up: imports, pools, caches
+        if "1" not in skip:
+            one = burst(db_url, sender, args.events, args.senders, args.timeout)
+        if "1" not in skip or "2" not in skip:
+            stack.start_worker("worker-2")
+            burst(db_url, sender, 20, args.senders, 60)
+        if "1" not in skip:
+            two = burst(db_url, sender, args.events, args.senders, args.timeout)
+            out.append("1. sustained throughput webhook -> ticket (burst, first send -> last processed_at):")
+            for name, x in (("1 worker ", one), ("2 workers", two)):
+                if "error" in x:
+                    out.append(f"   {name}: not measured: {x['error']}")
+                else:
+                    out.append(f"   {name}: {x['eps']:7.1f} events/s  ({x['processed']}/{x['accepted']} "
+                               f"processed in {x['seconds']:.2f} s, send phase {x['send_seconds']:.2f} s, "
+                               f"p50 {1000 * x['p50']:.0f} ms, p99 {1000 * x['p99']:.0f} ms, "
+                               f"statuses {x['statuses']}, send errors {x['errors']})")
+            if "error" not in one and "error" not in two and one["eps"]:
+                out.append(f"   ratio 2-workers/1-worker: {two['eps'] / one['eps']:.2f}")
+            if "error" not in one and one["processed"] < one["accepted"] or \
+                    "error" not in two and two["processed"] < two["accepted"]:
+                out.append("   NOTE: not every accepted event was processed within the timeout")
+        if "2" not in skip:
+            lat = paced(db_url, sender, args.rate, args.seconds, args.senders, args.timeout)
+            if "error" in lat:
+                out.append(f"2. latency: not measured: {lat['error']}")
+            else:
+                out.append(f"2. end-to-end latency at {args.rate:g} events/s offered (two workers, "
+                           f"achieved send rate {lat['achieved_rate']:.1f}/s): p50 {1000 * lat['p50']:.1f} ms, "
+                           f"p99 {1000 * lat['p99']:.1f} ms, max {1000 * lat['max']:.1f} ms "
+                           f"({lat['processed']}/{lat['accepted']} processed of {lat['offered']} offered, "
+                           f"send errors {lat['errors']})")
+        for name in list(stack.procs):  # part 3 runs in this process: stop web and workers
+            stack.stop(name)
+
+        if "3" not in skip:
+            try:
+                x = reconcile_part(stack, db_url, args.issues, args.changed, args.timeout * 4)
+            except Exception as exc:  # report, do not crash the run
+                x = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            if "error" in x:
+                out.append(f"3. reconciliation: not measured: {x['error']}")
+            else:
+                out.append(f"3. reconciliation, {x['issues']} issues of which {x['changed']} changed "
+                           f"(setup: created in-process {x['create_s']:.1f} s, dated one a minute into the past, backfill "
+                           f"{x['backfill_s']:.1f} s, {x['backfill_calls']} calls, {x['backfill_seen']} seen)")
+                out.append(f"   reconcile_connection: {x['rec_calls']} API calls (its report: "
+                           f"{x['rec_reported_calls']}), {x['rec_s'] * 1000:.0f} ms, {x['rec_seen']} issues "
+                           f"seen, outcomes {x['rec_outcomes']}" + (f", errors {x['rec_errors']}" if x['rec_errors'] else ""))
+                out.append(f"   full scan (iter_issues pagelen=100): {x['full_calls']} API calls, "
+                           f"{x['full_s'] * 1000:.0f} ms, {x['full_listed']} issues listed")
+                out.append(f"   ratio full/reconcile: calls {x['full_calls'] / max(1, x['rec_calls']):.1f}x, "
+                           f"time {x['full_s'] / x['rec_s']:.1f}x" if x["rec_s"] else "   ratio: n/a")
+        print("\n".join(out))
+        return 0
+    finally:
+        stack.close()
+        r.delete(queue)
+        try:
+            from worker.db.session import get_engine
+            get_engine().dispose()
+        except Exception:
+            pass
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    sys.exit(main())
