@@ -172,7 +172,7 @@ def _update_link(session: Session, conn: Connection, delivery: Delivery, event: 
         if incoming is MISSING:
             continue
         row = shadows.get(field)
-        if _is_echo(session, conn, delivery, event, link, field, incoming, in_flight, row, current):
+        if _is_echo(session, conn, delivery, event, link, field, incoming, in_flight, row):
             decided += 1
             continue
         if (row is not None and row.bitbucket_at is not None and event.issue.updated_at is not None
@@ -283,8 +283,7 @@ def _in_flight(session: Session, link: Link) -> list[OutgoingChange]:
 
 
 def _is_echo(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent, link: Link,
-             field: str, incoming, in_flight: list[OutgoingChange], shadow: Shadow | None,
-             current) -> bool:
+             field: str, incoming, in_flight: list[OutgoingChange], shadow: Shadow | None) -> bool:
     """A value we wrote coming back. Recorded as an echo, and nothing else happens (promise 4);
     this holds even when the webhook beats our own commit of the write (the values were
     committed to the outbox before the write was sent)."""
@@ -304,11 +303,6 @@ def _is_echo(session: Session, conn: Connection, delivery: Delivery, event: Issu
                           bitbucket_value=incoming, target_value=written_from,
                           bitbucket_at=event.issue.updated_at,
                           detail=f"our own write (outbox {row.id}) seen back")
-            if field in reverse.BITBUCKET_KEYS and current.fields.get(field) != written_from:
-                # The ticket moved on after the write (and the write was never recorded, or
-                # something else changed it since): its current value still has to go out.
-                session.add(OutgoingChange(connection_id=conn.id, link_id=link.id, kind="fields",
-                                           fields=[field], actor=event.actor))
             return True
     return False
 
