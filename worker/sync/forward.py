@@ -172,20 +172,22 @@ def _update_link(session: Session, conn: Connection, delivery: Delivery, event: 
         if incoming is MISSING:
             continue
         row = shadows.get(field)
-        if _is_echo(session, conn, delivery, event, link, field, incoming, in_flight, row):
+        if _is_echo(session, conn, delivery, event, link, field, incoming, in_flight, row, current):
             decided += 1
             continue
         if (row is not None and row.bitbucket_at is not None and event.issue.updated_at is not None
                 and event.issue.updated_at < row.bitbucket_at):
             # Older than the value held for this field (our own later write): no news for it,
-            # unless it is the Bitbucket edit our write replaced, which makes a conflict.
-            if incoming != row.bitbucket_value and not _overwritten(
-                    session, conn, delivery, event, link, target, only=field):
-                ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="stale",
-                              field=field, link_id=link.id, delivery_id=delivery.id, actor=event.actor,
-                              bitbucket_value=incoming, bitbucket_at=event.issue.updated_at,
-                              detail=f"older than the value written at {row.bitbucket_at.isoformat()}")
-            decided += 1
+            # unless it is the Bitbucket edit our write replaced, which makes a conflict. The
+            # same value again (a second echo of a write made twice) is not a decision at all.
+            if incoming != row.bitbucket_value:
+                if not _overwritten(session, conn, delivery, event, link, target, only=field):
+                    ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="stale",
+                                  field=field, link_id=link.id, delivery_id=delivery.id,
+                                  actor=event.actor, bitbucket_value=incoming,
+                                  bitbucket_at=event.issue.updated_at,
+                                  detail=f"older than the value written at {row.bitbucket_at.isoformat()}")
+                decided += 1
             continue
         base = ShadowPair(row.bitbucket_value, row.target_value) if row else None
         to_dest, to_source = _mappers(tables, field)
@@ -283,7 +285,8 @@ def _in_flight(session: Session, link: Link) -> list[OutgoingChange]:
 
 
 def _is_echo(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent, link: Link,
-             field: str, incoming, in_flight: list[OutgoingChange], shadow: Shadow | None) -> bool:
+             field: str, incoming, in_flight: list[OutgoingChange], shadow: Shadow | None,
+             current) -> bool:
     """A value we wrote coming back. Recorded as an echo, and nothing else happens (promise 4);
     this holds even when the webhook beats our own commit of the write (the values were
     committed to the outbox before the write was sent)."""
@@ -293,18 +296,36 @@ def _is_echo(session: Session, conn: Connection, delivery: Delivery, event: Issu
             # Both sides agree on what we wrote and the helpdesk value we wrote it from, not
             # on whatever the ticket says now (it may have moved on since).
             written_from = ((row.sent_values or {}).get(field) or {}).get("target")
-            if shadow is None:
-                shadow = Shadow(link_id=link.id, field=field)
-                session.add(shadow)
-            shadow.bitbucket_value, shadow.target_value = incoming, written_from
-            shadow.bitbucket_at = event.issue.updated_at
+            newer_held = (shadow is not None and shadow.bitbucket_at is not None
+                          and event.issue.updated_at is not None
+                          and event.issue.updated_at < shadow.bitbucket_at)
+            if not newer_held:  # a Bitbucket edit after our write was already applied: keep it
+                if shadow is None:
+                    shadow = Shadow(link_id=link.id, field=field)
+                    session.add(shadow)
+                shadow.bitbucket_value, shadow.target_value = incoming, written_from
+                shadow.bitbucket_at = event.issue.updated_at
             ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="echo",
                           field=field, link_id=link.id, delivery_id=delivery.id, actor=event.actor,
                           bitbucket_value=incoming, target_value=written_from,
                           bitbucket_at=event.issue.updated_at,
                           detail=f"our own write (outbox {row.id}) seen back")
+            if (not newer_held and field in reverse.BITBUCKET_KEYS
+                    and current.fields.get(field) != written_from and not _queued(session, link, field)):
+                # The ticket moved on after the write and nothing will carry its value out: the
+                # write was never recorded (a crash before finish), so no follow-up push was
+                # queued, and meanwhile an older Bitbucket snapshot changed the ticket.
+                session.add(OutgoingChange(connection_id=conn.id, link_id=link.id, kind="fields",
+                                           fields=[field], actor=event.actor))
             return True
     return False
+
+
+def _queued(session: Session, link: Link, field: str) -> bool:
+    """Whether a push not yet finished will send this field's current value anyway."""
+    return any(field in (r.fields or []) for r in session.scalars(select(OutgoingChange).where(
+        OutgoingChange.link_id == link.id, OutgoingChange.kind == "fields",
+        OutgoingChange.state.in_(("pending", "sending")))))
 
 
 def _adopt_escalation(session: Session, conn: Connection, delivery: Delivery,
