@@ -13,8 +13,9 @@ moment this script sent its POST (wall clock, same machine).
    from the first send to the last processed_at.
 2. p50/p99 end-to-end latency at a paced offered load (--rate events/s for --seconds) with
    two workers.
-3. Reconciliation after --changed of --issues issues changed, against a full scan (listing
-   every issue with the product's client) in the same run. The Bitbucket simulator runs in
+3. Reconciliation after --changed of --issues issues changed (their webhooks lost), against a
+   full scan (listing every issue with the product's client) in the same run: beat's 5-minute
+   issue pass, then its hourly comment pass (which lists comments per issue touched). The Bitbucket simulator runs in
    this process; the import (backfill) and reconciliation run in this process too.
 
 A part that cannot be measured prints "not measured: <reason>" instead of stopping the run.
@@ -210,7 +211,9 @@ def reconcile_part(stack: Stack, db_url: str, n_issues: int, changed: int, timeo
             conn_id = c.execute("select id from connections where name = 'recon'").fetchone()[0]
 
         t = time.perf_counter()
-        bf = backfill(conn_id, comments="none")
+        # "all" lists nothing here (no issue was touched after its creation) and, like a
+        # finished comment pass, leaves the comment watermark at the newest issue.
+        bf = backfill(conn_id, comments="all")
         backfill_s = time.perf_counter() - t
         if time.perf_counter() - t > timeout:
             return {"error": "backfill took longer than the timeout"}
@@ -223,9 +226,15 @@ def reconcile_part(stack: Stack, db_url: str, n_issues: int, changed: int, timeo
 
         mark = len(state.request_log)
         t = time.perf_counter()
-        rep = reconcile_connection(conn_id)
+        rep = reconcile_connection(conn_id)  # beat's 5-minute pass: issues only
         rec_s = time.perf_counter() - t
         rec_calls = [x for x in state.request_log[mark:]]
+
+        mark = len(state.request_log)
+        t = time.perf_counter()
+        com = reconcile_connection(conn_id, comments="changed")  # beat's hourly comment pass
+        com_s = time.perf_counter() - t
+        com_calls = [x for x in state.request_log[mark:]]
 
         client = client_for(conn_id)
         mark = len(state.request_log)
@@ -238,6 +247,8 @@ def reconcile_part(stack: Stack, db_url: str, n_issues: int, changed: int, timeo
             "backfill_s": backfill_s, "backfill_calls": bf.api_calls, "backfill_seen": bf.issues_seen,
             "rec_s": rec_s, "rec_calls": len(rec_calls), "rec_reported_calls": rep.api_calls,
             "rec_seen": rep.issues_seen, "rec_outcomes": dict(rep.outcomes), "rec_errors": rep.errors,
+            "com_s": com_s, "com_calls": len(com_calls), "com_scans": com.comment_scans,
+            "com_seen": com.issues_seen,
             "full_s": full_s, "full_calls": len(full_calls), "full_listed": listed}
 
 
@@ -331,9 +342,11 @@ def main() -> int:
                 out.append(f"3. reconciliation, {x['issues']} issues of which {x['changed']} changed "
                            f"(setup: created in-process {x['create_s']:.1f} s, dated one a minute into the past, backfill "
                            f"{x['backfill_s']:.1f} s, {x['backfill_calls']} calls, {x['backfill_seen']} seen)")
-                out.append(f"   reconcile_connection: {x['rec_calls']} API calls (its report: "
+                out.append(f"   issue pass (every 5 min): {x['rec_calls']} API calls (its report: "
                            f"{x['rec_reported_calls']}), {x['rec_s'] * 1000:.0f} ms, {x['rec_seen']} issues "
                            f"seen, outcomes {x['rec_outcomes']}" + (f", errors {x['rec_errors']}" if x['rec_errors'] else ""))
+                out.append(f"   comment pass (hourly): {x['com_calls']} API calls, {x['com_s'] * 1000:.0f} ms, "
+                           f"{x['com_seen']} issues seen, comments of {x['com_scans']} listed")
                 out.append(f"   full scan (iter_issues pagelen=100): {x['full_calls']} API calls, "
                            f"{x['full_s'] * 1000:.0f} ms, {x['full_listed']} issues listed")
                 out.append(f"   ratio full/reconcile: calls {x['full_calls'] / max(1, x['rec_calls']):.1f}x, "

@@ -58,7 +58,15 @@ app = Celery("bbsync", include=["worker.tasks"])
 
 #: The periodic jobs run by the Procfile's `beat:` process (exactly one beat per deployment).
 BEAT_SCHEDULE = {
-    "reconcile": {"task": "bbsync.reconcile_all", "schedule": 300.0},
+    # Issues only, every 5 minutes: one call plus one per ~100 changed issues per repository.
+    "reconcile": {"task": "bbsync.reconcile_all", "schedule": 300.0, "kwargs": {"comments": "none"}},
+    # Comments cost a call per issue (Bitbucket lists them per issue): the issues touched since
+    # the last comment pass, hourly; every linked issue (edits and deletions on issues nothing
+    # else touched), nightly.
+    "reconcile-comments": {"task": "bbsync.reconcile_all", "schedule": 3600.0,
+                           "kwargs": {"comments": "changed"}},
+    "reconcile-comment-scan": {"task": "bbsync.reconcile_all", "schedule": 86400.0,
+                               "kwargs": {"comments": "all"}},
     "requeue-pending": {"task": "bbsync.requeue_pending", "schedule": 60.0},
 }
 

@@ -215,8 +215,11 @@ def _connection_id(name: str) -> int:
 
 @main.command()
 @click.argument("name")
-@click.option("--comments", type=click.Choice(["changed", "all"]), default="changed", show_default=True,
-              help="'all' also scans comments of unchanged issues (edits and deletions have no webhook).")
+@click.option("--comments", type=click.Choice(["none", "missed", "changed", "all"]), default="changed",
+              show_default=True,
+              help="Which comments to list (one call per issue): 'none'; 'missed' (issues whose webhooks "
+                   "were lost); 'changed' (issues touched since the last comment pass); 'all' (every "
+                   "linked issue: finds edits and deletions, which have no webhook).")
 def reconcile(name: str, comments: str) -> None:
     """Poll Bitbucket now for what connection NAME's webhooks missed."""
     from worker.bitbucket.errors import BitbucketError

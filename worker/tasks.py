@@ -111,9 +111,10 @@ def requeue_pending(older_than: timedelta = REQUEUE_AFTER) -> int:
 
 
 @app.task(name="bbsync.reconcile_all")
-def reconcile_all() -> dict:
+def reconcile_all(comments: str = "none") -> dict:
     """The periodic job (the Procfile's beat): poll each connection for what webhooks missed,
-    and feed it to the same engine. One call per repository, plus one per 100 changed issues."""
+    and feed it to the same engine. One call per repository, plus one per 100 changed issues,
+    plus, in the comment passes (`comments`, see worker.sync.reconcile), one per issue listed."""
     from worker.db.models import Connection
     from worker.sync.reconcile import reconcile_connection
     with transaction() as session:
@@ -121,7 +122,7 @@ def reconcile_all() -> dict:
     summary = {}
     for connection_id in ids:
         try:
-            report = reconcile_connection(connection_id)
+            report = reconcile_connection(connection_id, comments=comments)
         except bitbucket_errors.BitbucketError as exc:
             log.warning("reconcile.failed connection=%s error=%s", connection_id, exc.__class__.__name__)
             continue

@@ -34,3 +34,15 @@ def test_embedded_broker_needs_no_server_and_keeps_its_files_under_var(tmp_path)
     options = conf["broker_transport_options"]
     for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
         assert options[key].startswith(str(tmp_path))
+
+
+def test_beat_runs_the_cheap_issue_pass_often_and_the_comment_passes_rarely():
+    from worker.celery_app import BEAT_SCHEDULE
+    from worker.sync.reconcile import COMMENT_MODES
+    from worker.tasks import reconcile_all
+    passes = {e["kwargs"]["comments"]: e["schedule"] for e in BEAT_SCHEDULE.values()
+              if e["task"] == reconcile_all.name}
+    assert set(passes) <= set(COMMENT_MODES)
+    # Issues only (one call per ~100 changed issues) every 5 minutes; the per-issue comment
+    # listings hourly (touched issues) and daily (every linked issue).
+    assert passes == {"none": 300.0, "changed": 3600.0, "all": 86400.0}

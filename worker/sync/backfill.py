@@ -153,7 +153,7 @@ def _backfill_repo(importer: Importer, conn: Connection, repo: str, since: datet
         row = session.get(BackfillCursor, (conn.id, repo), with_for_update=True)
         row.state, row.finished_at, row.updated_at = "done", utcnow(), utcnow()
         covered_to = (row.updated_on, row.issue_id) if row.updated_on is not None else None
-        seed_watermark(session, conn, repo, since, covered_to)
+        seed_watermark(session, conn, repo, since, covered_to, comments=comments == "all")
 
 
 def _start(session: Session, connection_id: int, repo: str, since: datetime | None) -> BackfillCursor:

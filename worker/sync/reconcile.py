@@ -27,23 +27,25 @@ Cost, per repository and run: the issue listing is keyset-paged, one query per p
 again), so `1 + (n - 1) // 99` calls for n issues read (n >= 1; never more than
 `1 + ceil(n / 100)`), and exactly one when nothing changed. n counts the issues changed since
 the watermark plus those re-read within the overlap window. An issue that we already hold at
-its version (its webhook arrived) needs no delivery and no processing. Comments cost one call
-(per 100 comments) for each issue whose comments are listed; only issues touched after their
-creation are ever listed (created_on != updated_on: a new comment bumps `updated_on`, so an
-untouched issue has none):
-- comments="changed" (default): issues we were behind on (the link was behind or absent),
-  and issues that changed since the previous run even though their webhooks arrived: a
-  comment whose webhook was lost leaves no trace once a later webhook of the same issue has
-  arrived, so this is what makes comments converge. In steady state that is one call per
-  issue touched since the previous run (whatever the cause: a Bitbucket edit, a comment, or
-  our own push); issues merely re-read within the overlap are not listed again.
-- comments="missed": only issues we were behind on. Cheapest; a comment lost before a later
-  webhook of its issue arrived then waits for an "all" run (the watermark moves on as in any
-  run, so a later "changed" run does not look at that issue again unless it changes again).
-- comments="all": every issue read, then every other linked issue of the repository: a full
-  comment scan, one call per linked issue. Bitbucket bumps nothing on a comment edit or
-  deletion, so an edit or deletion on an otherwise unchanged issue is seen only by this scan
-  (run it rarely, e.g. nightly).
+its version (its webhook arrived) needs no delivery and no processing.
+
+Comments are per issue in Bitbucket's API (no listing spans a repository), so every comment
+check costs one call (per 100 comments) per issue. They are left out of the frequent pass and
+checked by rarer ones; only issues touched after their creation are ever listed (created_on
+!= updated_on: a new comment bumps `updated_on`, so an untouched issue has none). `comments=`:
+- "none" (the default; beat's 5-minute pass): issues only. The cost is the issue listing and
+  nothing else: one call, plus one per ~100 changed issues, whatever the webhooks missed. A
+  missed field change converges here; a missed comment waits for the comment pass.
+- "missed": also the comments of the issues we were behind on (the link was behind or absent).
+- "changed" (beat's hourly comment pass): reads from its own watermark and lists the comments
+  of every issue touched since the comment pass last ran, even when the issue's webhooks
+  arrived: a comment whose webhook was lost leaves no trace once a later webhook of the same
+  issue has arrived, so this is what makes comments converge. Cost: the listing, plus one
+  call per issue touched since the previous comment pass; re-read issues are not listed again.
+- "all" (beat's nightly pass): every issue read, then every other linked issue of the
+  repository: a full comment scan, one call per linked issue. Bitbucket bumps nothing on a
+  comment edit or deletion, so an edit or deletion on an otherwise unchanged issue is seen
+  only by this scan.
 New comments become internal notes through the engine (a synthetic `issue:comment_created`
 delivery per comment, request_uuid from (repo, issue, comment id)); edits and deletions of the
 comments of every listed issue are noticed on the way.
@@ -55,8 +57,8 @@ Bitbucket, record the deletion in the ledger and end the comment link (so it is 
 once). For a comment we posted from the helpdesk, the helpdesk is the origin: an edit in
 Bitbucket is not copied back, a deletion is recorded and the helpdesk comment is left as is.
 
-The watermark: per (connection, repository), the newest `updated_on` of the issues processed,
-committed after each page (so a crash re-reads at most one page, idempotently). The query
+The watermarks: per (connection, repository), the newest `updated_on` of the issues processed,
+committed after each page (the comment pass keeps a second one, `comments_updated_on`) (so a crash re-reads at most one page, idempotently). The query
 starts `overlap` (default 30 s) *before* it, with `>=`: an issue updated in the same
 microsecond as the watermark, or whose update became visible a little late, is read again
 and, if we do not hold that version yet, processed; re-read issues we hold are skipped.
@@ -99,7 +101,7 @@ PAGELEN = 100                         # Bitbucket's maximum for issues and comme
 OVERLAP = timedelta(seconds=30)       # how far before the watermark each run starts reading
 FIRST_RUN_SKEW = timedelta(minutes=5)  # first run: this much before the connection existed
 STUCK_AFTER = timedelta(minutes=15)   # outbox rows / deliveries older than this are re-queued
-COMMENT_MODES = ("missed", "changed", "all")
+COMMENT_MODES = ("none", "missed", "changed", "all")
 #: Transient database errors (a lock timeout, losing the race to create the same link with a
 #: concurrent webhook): processing is tried again, a few times, inline.
 RETRYABLE = (OperationalError, IntegrityError)
@@ -121,6 +123,8 @@ class ReconcileWatermark(Base):
     # issue that had it. Reads start a little before it.
     updated_on: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     issue_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The same, for the comment pass (comments="changed"): the issues whose comments it listed.
+    comments_updated_on: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     issues_seen: Mapped[int] = mapped_column(Integer, default=0)   # running total
     runs: Mapped[int] = mapped_column(Integer, default=0)
     last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -537,7 +541,7 @@ def _display_name(user: Any) -> str | None:
 # --- reconciliation ---------------------------------------------------------------------------
 
 def reconcile_connection(connection_id: int, client_factory: ClientFactory = client_for, *,
-                         comments: str = "changed", overlap: timedelta = OVERLAP,
+                         comments: str = "none", overlap: timedelta = OVERLAP,
                          stuck_after: timedelta = STUCK_AFTER,
                          pagelen: int = PAGELEN) -> ReconcileReport:
     """Poll every repository of the connection for what its webhooks missed, and feed it to
@@ -574,10 +578,15 @@ def reconcile_connection(connection_id: int, client_factory: ClientFactory = cli
 def _reconcile_repo(importer: Importer, conn: Connection, repo: str, comments: str,
                     overlap: timedelta, pagelen: int) -> str:
     report = importer.report
+    comment_pass = comments == "changed"
     with transaction() as session:
         mark = _watermark(session, conn.id, repo)
-        seen_up_to = mark.updated_on
+        # The comment pass reads from its own watermark: the frequent pass has moved the main
+        # one past issues whose comments nobody listed.
+        seen_up_to = mark.comments_updated_on if comment_pass else mark.updated_on
         since = (seen_up_to - overlap) if seen_up_to else first_run_start(conn)
+        # Reading from below the main watermark leaves no gap behind it: the main one may move.
+        covers_main = mark.updated_on is None or since <= mark.updated_on
     scan = IssueScan(importer.client, repo, since=since, pagelen=pagelen)
     pages = scan.pages()
     result = "ok"
@@ -587,9 +596,10 @@ def _reconcile_repo(importer: Importer, conn: Connection, repo: str, comments: s
                 for issue in page:
                     importer.issue(repo, issue, comments=comments, seen_up_to=seen_up_to)
                 report.pages += 1
-                _advance(conn.id, repo, page)
+                _advance(conn.id, repo, page, main=covers_main, comments=comment_pass)
             if comments == "all":
                 _scan_linked(importer, conn.id, repo)
+                _comments_caught_up(conn.id, repo)
         finally:
             pages.close()
             report.api_calls += scan.calls
@@ -619,14 +629,28 @@ def _watermark(session: Session, connection_id: int, repo: str) -> ReconcileWate
     return mark
 
 
-def _advance(connection_id: int, repo: str, page: list[dict]) -> None:
-    """After a page was processed: move the watermark to its newest issue (never back)."""
+def _advance(connection_id: int, repo: str, page: list[dict], *, main: bool = True,
+             comments: bool = False) -> None:
+    """After a page was processed: move the watermarks to its newest issue (never back)."""
     newest = max((k for k in map(issue_key, page) if k is not None), default=None)
     with transaction() as session:
         mark = _watermark(session, connection_id, repo)
         mark.issues_seen += len(page)
-        if newest is not None and (mark.updated_on is None or newest[0] > mark.updated_on):
+        if newest is None:
+            return
+        if main and (mark.updated_on is None or newest[0] > mark.updated_on):
             mark.updated_on, mark.issue_id = newest
+        if comments and (mark.comments_updated_on is None or newest[0] > mark.comments_updated_on):
+            mark.comments_updated_on = newest[0]
+
+
+def _comments_caught_up(connection_id: int, repo: str) -> None:
+    """After a full comment scan: every issue up to the main watermark had its comments listed."""
+    with transaction() as session:
+        mark = _watermark(session, connection_id, repo)
+        if mark.updated_on is not None and (mark.comments_updated_on is None
+                                            or mark.comments_updated_on < mark.updated_on):
+            mark.comments_updated_on = mark.updated_on
 
 
 def first_run_start(conn: Connection) -> datetime:
@@ -636,20 +660,22 @@ def first_run_start(conn: Connection) -> datetime:
 
 
 def seed_watermark(session: Session, conn: Connection, repo: str, covered_from: datetime | None,
-                   covered_to: tuple[datetime, int] | None) -> bool:
+                   covered_to: tuple[datetime, int] | None, *, comments: bool = False) -> bool:
     """A finished backfill read every issue updated from `covered_from` (None: all) to
-    `covered_to`: reconciliation need not read them again. Moves the watermark forward only
-    if that leaves no gap behind it."""
+    `covered_to` (and, with `comments`, listed their comments): reconciliation need not read
+    them again. Moves each watermark forward only if that leaves no gap behind it."""
     if covered_to is None:
         return False
     mark = _watermark(session, conn.id, repo)
-    start = mark.updated_on or first_run_start(conn)
-    if covered_from is not None and covered_from > start:
-        return False
-    if mark.updated_on is None or covered_to[0] > mark.updated_on:
+    moved = False
+    if (covered_from is None or covered_from <= (mark.updated_on or first_run_start(conn))) and (
+            mark.updated_on is None or covered_to[0] > mark.updated_on):
         mark.updated_on, mark.issue_id = covered_to
-        return True
-    return False
+        moved = True
+    if comments and (covered_from is None or covered_from <= (mark.comments_updated_on or first_run_start(conn))) and (
+            mark.comments_updated_on is None or covered_to[0] > mark.comments_updated_on):
+        mark.comments_updated_on = covered_to[0]
+    return moved
 
 
 def _scan_linked(importer: Importer, connection_id: int, repo: str) -> None:

@@ -251,3 +251,19 @@ def test_a_finished_backfill_moves_the_reconciliation_watermark(h):
     mark = len(h.state.request_log)
     report = reconcile_connection(conn_id(), client_factory=h.client_factory, overlap=timedelta(0))
     assert len(gets(h, mark)) == 1 and report.issues_seen == 1 and report.deliveries_stored == 0
+
+
+@pytest.mark.parametrize("comments,seeded", [("all", True), ("none", False)])
+def test_a_backfill_that_listed_comments_moves_the_comment_pass_watermark(h, comments, seeded):
+    made = quiet_issues(h, 5)
+    with transaction() as session:
+        conn = session.scalars(select(Connection)).one()
+        conn.created_at = conn.created_at + timedelta(hours=1)
+    run(h, comments=comments)
+    with transaction() as session:
+        mark = session.get(ReconcileWatermark, (conn_id(), REPO))
+    assert mark.comments_updated_on == (parse_time(made[-1]["updated_on"]) if seeded else None)
+    # Nothing touched since: the comment pass reads one page and lists no comments.
+    report = reconcile_connection(conn_id(), client_factory=h.client_factory, comments="changed",
+                                  overlap=timedelta(0))
+    assert (report.comment_scans, report.api_calls) == (0, 1)

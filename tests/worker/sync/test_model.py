@@ -220,14 +220,16 @@ class SyncModel(RuleBasedStateMachine):
         for _ in range(6):
             self.deliver(reorder=None)
             self.push_all()
-        report = reconcile.reconcile_connection(self.conn_id, client_factory=lambda _c: self.client)
+        report = reconcile.reconcile_connection(self.conn_id, client_factory=lambda _c: self.client,
+                                                comments="changed")
         for _ in range(4):
             for delivery_id in getattr(report, "enqueue", []):
                 with transaction() as session:
                     forward.process_delivery(session, delivery_id)
             self.deliver(reorder=None)
             self.push_all()
-            report = reconcile.reconcile_connection(self.conn_id, client_factory=lambda _c: self.client)
+            report = reconcile.reconcile_connection(self.conn_id, client_factory=lambda _c: self.client,
+                                                comments="changed")
         self.deliver(reorder=None)
 
         tables = mappings.load()

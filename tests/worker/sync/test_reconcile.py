@@ -118,15 +118,23 @@ def test_lost_webhooks_are_reconciled_through_the_engine(h):
     lost(h, "POST", f"/issues/{commented['id']}/comments", json={"content": {"raw": "Seen on 2.3 too."}})
     assert h.process_webhooks() == []  # nothing reached us
 
+    # The 5-minute pass: issues only, one call, and every field converges.
+    mark = len(h.state.request_log)
     report = reconcile(h)
     assert report.errors == []
+    assert report.api_calls == len(gets(h, mark)) == 1
     assert_tickets_match_bitbucket(h)
+    assert notes(tickets_by_issue()[commented["id"]].id) == []
+    assert (report.deliveries_stored, report.links_created, report.comments_stored) == (3, 1, 0)
+    assert report.issues_seen == 3 and report.up_to_date == 0
+    assert report.applied >= 3 and report.outcomes["conflict"] == 0
+    # The comment pass: the listing again, plus the comments of the two touched issues.
+    mark = len(h.state.request_log)
+    comments = reconcile(h, comments="changed")
+    assert comments.api_calls == len(gets(h, mark)) == 3 and comments.comment_scans == 2
     [note] = notes(tickets_by_issue()[commented["id"]].id)
     assert (note.body, note.internal) == ("Seen on 2.3 too.", True)
-    # 3 issues behind (one new) + 1 comment; all through synthetic deliveries.
-    assert (report.deliveries_stored, report.links_created, report.comments_stored) == (4, 1, 1)
-    assert report.issues_seen == 3 and report.up_to_date == 0
-    assert report.applied >= 4 and report.outcomes["conflict"] == 0
+    assert (comments.deliveries_stored, comments.comments_stored) == (1, 1)
     with transaction() as session:
         synthetic = list(session.scalars(select(Delivery).where(Delivery.request_uuid.like("reconcile:%"))))
         assert {d.status for d in synthetic} == {"processed"}
@@ -325,24 +333,45 @@ def test_comment_edits_and_deletions_are_seen_by_a_full_comment_scan(h):
     assert [n.body for n in notes(ticket.id)] == bodies
 
 
-@pytest.mark.parametrize("mode,found", [("changed", True), ("missed", False)])
+@pytest.mark.parametrize("mode,found", [("changed", True), ("missed", False), ("none", False)])
 def test_comment_lost_before_a_later_webhook_of_its_issue(h, mode, found):
     issue = h.api("POST", "/issues", json={"title": "Two events"})
     h.process_webhooks()
-    reconcile(h)
+    reconcile(h, comments="changed")
     lost(h, "POST", f"/issues/{issue['id']}/comments", json={"content": {"raw": "Lost words."}})
     h.api("PUT", f"/issues/{issue['id']}", json={"priority": "minor"})  # this one arrives
     h.process_webhooks()  # the link now holds the issue's newest version
+    # The 5-minute pass runs first and moves its watermark past the issue.
+    assert (reconcile(h).comment_scans, reconcile(h).api_calls) == (0, 1)
 
     mark = len(h.state.request_log)
-    # "changed" lists the comments of an issue that changed since the previous run; "missed"
-    # only of those we were behind on, and misses this one.
+    # The comment pass ("changed") reads from its own watermark and lists the comments of an
+    # issue touched since it last ran; "missed" lists only those we were behind on.
     report = reconcile(h, comments=mode)
     assert (report.comment_scans, report.comments_stored) == (int(found), int(found))
     assert report.api_calls == len(gets(h, mark)) == 1 + found
     assert [n.body for n in notes(tickets_by_issue()[issue["id"]].id)] == (["Lost words."] if found else [])
-    again = reconcile(h)  # re-read within the overlap: not listed a second time
+    again = reconcile(h, comments=mode)  # re-read within the overlap: not listed a second time
     assert (again.comment_scans, again.api_calls) == (0, 1)
+
+
+def test_the_issue_pass_costs_one_call_per_hundred_changed_issues_whatever_was_lost(h):
+    """Comments are listed per issue, so the frequent pass lists none: its cost is the issue
+    listing alone, even when every change's webhook was lost."""
+    issues = [h.api("POST", "/issues", json={"title": f"Issue {n}"}) for n in range(3)]
+    h.process_webhooks()
+    reconcile(h, comments="changed")
+    for issue in issues:
+        lost(h, "POST", f"/issues/{issue['id']}/comments", json={"content": {"raw": f"On {issue['id']}"}})
+        lost(h, "PUT", f"/issues/{issue['id']}", json={"priority": "blocker"})
+
+    mark = len(h.state.request_log)
+    report = reconcile(h)
+    assert report.api_calls == len(gets(h, mark)) == 1 and report.comment_scans == 0
+    assert_tickets_match_bitbucket(h)
+    comments = reconcile(h, comments="changed")  # one listing, one call per touched issue
+    assert comments.api_calls == 1 + 3 and comments.comments_stored == 3
+    assert all(len(notes(t.id)) == 1 for t in tickets_by_issue().values())
 
 
 # --- the helpdesk side and failures -----------------------------------------------------------
