@@ -25,6 +25,18 @@ class Drawn:
 
 
 CASES = {
+    # A write reaches Bitbucket and the worker dies before recording it; the ticket moves on
+    # and the next push dies after planning. The write's echo then set the shadow to what was
+    # written while the ticket held something newer, and nothing carried the ticket's value
+    # out: the sides disagreed for good. Found by the long profile (seed
+    # 181599605184004043154754848769198384590), shrunk by hand.
+    "echo of an unrecorded write after the ticket moved on": [
+        ("setup", dict(n_issues=2)),
+        ("agent_edits", dict(data=Drawn("urgent"), field="priority", i=1)),
+        ("worker_pushes", dict(crash="after_send")),
+        ("agent_edits", dict(data=Drawn("normal"), field="priority", i=1)),
+        ("worker_pushes", dict(crash="after_plan")),
+    ],
     # A write sent twice (the first worker died before recording it) comes back as two echoes;
     # the second, older than the recorded write and carrying the same value, left no ledger
     # trace. Found by the long profile.
