@@ -141,12 +141,27 @@ def wait_processed(db_url: str, ids: list[str], timeout: float) -> dict[str, tup
             time.sleep(0.1)
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores (Linux /proc/stat):
+    every process of the pipeline (web, workers, PostgreSQL, Redis, this sender) counts."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan"), float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
 def burst(db_url: str, sender: Sender, n: int, threads: int, timeout: float) -> dict:
+    cpu0 = machine_cpu()
     res = sender.send(n, threads)
     sent = res["sent"]
     if not sent:
         return {"error": f"no event accepted ({res['errors'][:3]})"}
     rows = wait_processed(db_url, list(sent), timeout)
+    cpu1 = machine_cpu()
     done = {i: p for i, (st, p) in rows.items() if p is not None}
     first = min(sent.values())
     last = max(done.values()) if done else float("nan")
@@ -157,7 +172,12 @@ def burst(db_url: str, sender: Sender, n: int, threads: int, timeout: float) -> 
     return {"accepted": len(sent), "errors": len(res["errors"]), "processed": len(done),
             "statuses": statuses, "seconds": last - first,
             "eps": len(done) / (last - first) if done else 0.0,
-            "p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99), "send_seconds": res["send_seconds"]}
+            "p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99), "send_seconds": res["send_seconds"],
+            # Machine-wide, over the burst and the polling after it: how busy the cores were,
+            # and the CPU one event cost across every process (a ceiling: cores / cost).
+            "busy": (cpu1[0] - cpu0[0]) / max(1e-9, cpu1[1] - cpu0[1]),
+            "cpu_ms": 1000 * (cpu1[0] - cpu0[0]) / max(1, len(done)),
+            "cores": os.cpu_count() or 1}
 
 
 def paced(db_url: str, sender: Sender, rate: float, seconds: float, threads: int, timeout: float) -> dict:
@@ -313,6 +333,9 @@ def main() -> int:
                                f"processed in {x['seconds']:.2f} s, send phase {x['send_seconds']:.2f} s, "
                                f"p50 {1000 * x['p50']:.0f} ms, p99 {1000 * x['p99']:.0f} ms, "
                                f"statuses {x['statuses']}, send errors {x['errors']})")
+                    out.append(f"              machine CPU busy {100 * x['busy']:.0f}% of {x['cores']} cores, "
+                               f"{x['cpu_ms']:.1f} ms of CPU per event (all processes): a ceiling of "
+                               f"~{1000 * x['cores'] / x['cpu_ms']:.0f} events/s on this machine")
             if "error" not in one and "error" not in two and one["eps"]:
                 out.append(f"   ratio 2-workers/1-worker: {two['eps'] / one['eps']:.2f}")
             if "error" not in one and one["processed"] < one["accepted"] or \

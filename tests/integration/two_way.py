@@ -76,16 +76,24 @@ class TwoWay:
     def ledger(self) -> list[dict]:
         return self.running.get("/api/ledger", connection=self.conn, limit=500).json()["entries"]
 
-    def settle(self, timeout: float = 30.0) -> None:
-        """Until the simulator has delivered everything and every delivery is processed."""
-        assert self.state.wait_for_deliveries(timeout)
-        wait_for(lambda: not self.running.get("/api/deliveries", connection=self.conn)
-                 .json()["counts"].get("received"), timeout, "deliveries processed")
-        wait_for(lambda: self.running.scalar(
-            "select count(*) from outgoing_changes o join connections c on c.id = o.connection_id "
-            "where c.name = :n and o.state in ('pending', 'sending')", n=self.conn) == 0,
-            timeout, "outbox drained")
-        assert self.state.wait_for_deliveries(timeout)
+    def settle(self, timeout: float = 30.0, quiet_polls: int = 3) -> None:
+        """Until the simulator has delivered everything, every delivery is processed and the
+        outbox is drained, seen on `quiet_polls` polls in a row. Work moves between the three
+        (a push fires a webhook, whose processing may queue a push), so one pass that finds
+        each empty in turn can miss a webhook in flight, as a busy machine showed."""
+        deadline = time.monotonic() + timeout
+        quiet = 0
+        while quiet < quiet_polls:
+            assert time.monotonic() < deadline, "timed out waiting for the sync to settle"
+            idle = (self.state.wait_for_deliveries(max(0.1, deadline - time.monotonic()))
+                    and not self.running.get("/api/deliveries", connection=self.conn)
+                    .json()["counts"].get("received")
+                    and self.running.scalar(
+                        "select count(*) from outgoing_changes o join connections c on c.id = "
+                        "o.connection_id where c.name = :n and o.state in ('pending', 'sending')",
+                        n=self.conn) == 0)
+            quiet = quiet + 1 if idle else 0
+            time.sleep(0.1)
 
     def writes(self, path_part: str = "") -> list:
         return [r for r in self.state.request_log if r.method in ("POST", "PUT", "DELETE")
