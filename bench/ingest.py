@@ -3,7 +3,8 @@
     .venv/bin/python bench/ingest.py [--seconds 10] [--concurrency 16] [--rounds 2]
 
 Needs PostgreSQL and Redis (TEST_POSTGRES_URL / TEST_REDIS_URL, defaults on 127.0.0.1). Both
-endpoints run under the same gunicorn settings; rounds alternate bare/real to share the
+endpoints run under the same gunicorn settings, the Procfile's worker and thread counts unless
+BENCH_GUNICORN="--workers N --threads M" says otherwise; rounds alternate bare/real to share the
 machine's drift. Every request carries a distinct X-Request-UUID and a valid signature; at the
 end the stored rows and the queued tasks are counted against the acknowledged requests.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import re
 import statistics
 import sys
 import time
@@ -33,7 +35,15 @@ PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:54
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 BODY = (ROOT / "tests" / "fixtures" / "webhooks" / "kanboard__bitbucket_issue_opened.json").read_bytes()
 SECRET = "bench-secret"
-GUNICORN = os.environ.get("BENCH_GUNICORN", "--workers 4 --threads 4").split()
+
+
+def _procfile_gunicorn() -> str:
+    """The Procfile's web worker and thread counts: the bench measures what production runs."""
+    web = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
+    return " ".join(re.search(rf"--{opt}\s+\d+", web).group(0) for opt in ("workers", "threads"))
+
+
+GUNICORN = os.environ.get("BENCH_GUNICORN", _procfile_gunicorn()).split()
 
 
 def _client(url: str, seconds: float, threads: int, out: mp.Queue) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from flask import Flask, jsonify
 from sqlalchemy import Engine
@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings, get_settings
 from webhooks.directory import ConnectionDirectory
-from webhooks.dispatch import Dispatcher
-from worker.db.session import get_engine, session_factory
+from webhooks.dispatch import Dispatcher, one_at_a_time
+from worker.db.session import get_engine, make_engine, session_factory
 
 log = logging.getLogger("bbsync.webhooks")
 
@@ -21,27 +21,37 @@ log = logging.getLogger("bbsync.webhooks")
 class AppState:
     settings: Settings
     engine: Engine
+    #: The receiver's INSERT: on PostgreSQL autocommit, without a ping per checkout.
+    receiver_engine: Engine
     sessions: sessionmaker[Session]
     directory: ConnectionDirectory
     dispatcher: Dispatcher
 
 
-def _celery_enqueue(task: str, arg: str | int) -> bool:
-    from worker.tasks import enqueue
-    return enqueue(task, arg)
+def _celery_publish(jobs: Sequence[tuple[str, str | int]]) -> int:
+    from worker.publish import publish_many
+    return publish_many(jobs)
+
+
+def _receiver_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        return get_engine(url)  # one writer at a time: a second pool would only contend for the lock
+    return make_engine(url, pre_ping=False, autocommit=True)
 
 
 def create_app(settings: Settings | None = None,
                enqueue: Callable[[str, str | int], bool] | None = None) -> Flask:
     """The web app. `enqueue(task, arg)` publishes one job and says whether it worked
-    (default: the Celery tasks); it runs on a background thread, never on the request's."""
+    (default: the Celery tasks, published in batches); it runs on a background thread, never on
+    the request's."""
     settings = settings or get_settings()
     sessions = session_factory(settings.database_url)
     app = Flask(__name__)
     # Werkzeug enforces this too; the receiver checks first to answer with its own message.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
-    app.extensions["bbsync"] = AppState(settings, get_engine(settings.database_url), sessions, ConnectionDirectory(sessions),
-                                        Dispatcher(enqueue or _celery_enqueue))
+    app.extensions["bbsync"] = AppState(
+        settings, get_engine(settings.database_url), _receiver_engine(settings.database_url), sessions,
+        ConnectionDirectory(sessions), Dispatcher(one_at_a_time(enqueue) if enqueue else _celery_publish))
 
     from webhooks import operator, receiver, tickets
     app.register_blueprint(receiver.bp)

@@ -6,6 +6,12 @@ request (Bitbucket gives up after 10 s and two retries: blocking on the broker w
 broker outage into lost events). Ids that fail to publish are retried with backoff; if the
 process dies first, the rows are still `received` and the sweeper (`bbsync deliveries
 requeue`, or any worker starting) enqueues them.
+
+The thread publishes in batches, at most one every BATCH_INTERVAL_SECONDS: a job that arrives
+while the thread is idle goes out at once, and under load the jobs that pile up meanwhile go out
+together. A publish has a large fixed cost (a producer, a Redis client, a round trip) and this
+thread competes with the request threads for the GIL, so fewer, larger publishes leave more of
+the process to the requests; the price is up to that interval of delay before a task starts.
 """
 from __future__ import annotations
 
@@ -13,18 +19,41 @@ import logging
 import os
 import queue
 import threading
-from typing import Callable
+import time
+from typing import Callable, Sequence
 
 log = logging.getLogger("bbsync.webhooks")
 
+Job = tuple[str, "str | int"]
+#: publish(jobs) -> how many jobs, from the first, are surely queued.
+PublishMany = Callable[[Sequence[Job]], int]
+
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 30.0
+BATCH_MAX = 100
+BATCH_INTERVAL_SECONDS = 0.02
+
+
+def one_at_a_time(enqueue: Callable[[str, str | int], bool]) -> PublishMany:
+    """A PublishMany from a function that queues one job and says whether it worked."""
+    def publish(jobs: Sequence[Job]) -> int:
+        for done, job in enumerate(jobs):
+            if not enqueue(*job):
+                return done
+        return len(jobs)
+    return publish
 
 
 class Dispatcher:
-    def __init__(self, publish: Callable[[str, str | int], bool]):
+    def __init__(self, publish: PublishMany, batch_max: int = BATCH_MAX,
+                 batch_interval: float = BATCH_INTERVAL_SECONDS,
+                 retry_first: float = RETRY_FIRST_SECONDS, retry_max: float = RETRY_MAX_SECONDS):
         self._publish = publish
-        self._queue: queue.SimpleQueue[tuple[str, str | int]] = queue.SimpleQueue()
+        self._batch_max = batch_max
+        self._batch_interval = batch_interval
+        self._retry_first = retry_first
+        self._retry_max = retry_max
+        self._queue: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._pid: int | None = None
         self._lock = threading.Lock()
 
@@ -44,17 +73,45 @@ class Dispatcher:
                 self._pid = os.getpid()
 
     def _run(self) -> None:
-        parked: list[tuple[str, str | int]] = []
-        delay = RETRY_FIRST_SECONDS
+        parked: list[Job] = []
+        delay = self._retry_first
+        last_publish = float("-inf")
+        while True:
+            if parked:
+                # Keep taking jobs while parked, but try the broker again only when the backoff
+                # is over: each failed try can block for the broker's connection timeout.
+                jobs = parked + self._take_until(time.monotonic() + delay)
+            else:
+                first = self._queue.get()
+                time.sleep(max(0.0, last_publish + self._batch_interval - time.monotonic()))
+                jobs = [first] + self._take_until(None)
+            last_publish = time.monotonic()
+            was_parked = bool(parked)
+            parked = self._publish_in_batches(jobs)
+            if not parked:
+                delay = self._retry_first
+                continue
+            if was_parked:
+                delay = min(delay * 2, self._retry_max)
+            log.warning("webhook.enqueue_parked count=%d retry_in=%.0fs", len(parked), delay)
+
+    def _take_until(self, deadline: float | None) -> list[Job]:
+        """What is queued now (deadline None), or everything that arrives before the deadline."""
+        taken: list[Job] = []
         while True:
             try:
-                item = self._queue.get(timeout=delay if parked else None)
+                if deadline is None:
+                    taken.append(self._queue.get_nowait())
+                else:
+                    taken.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
-                item = None
-            batch = parked + ([item] if item is not None else [])
-            parked = [job for job in batch if not self._publish(*job)]
-            if parked:
-                delay = min(delay * 2, RETRY_MAX_SECONDS)
-                log.warning("webhook.enqueue_parked count=%d retry_in=%.0fs", len(parked), delay)
-            else:
-                delay = RETRY_FIRST_SECONDS
+                return taken
+
+    def _publish_in_batches(self, jobs: list[Job]) -> list[Job]:
+        """Publish jobs in order; returns the jobs from the first failure on (to park)."""
+        for start in range(0, len(jobs), self._batch_max):
+            chunk = jobs[start:start + self._batch_max]
+            done = self._publish(chunk)
+            if done < len(chunk):
+                return jobs[start + done:]
+        return []

@@ -1,0 +1,107 @@
+"""Batch publishing of Celery task messages: one Redis pipeline per batch, stock messages, and an
+honest count of what is surely queued when the broker fails."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import uuid
+
+import pytest
+import redis
+from celery import Celery
+
+from config.settings import load
+from worker.celery_app import celery_config
+from worker.publish import publish_many
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def celery_for(env: dict) -> Celery:
+    app = Celery("bbsync-test", set_as_current=False)
+    app.conf.update(celery_config(load(env)))
+    return app
+
+
+@pytest.fixture
+def redis_app(tmp_path):
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError:
+        if IN_CI:
+            pytest.fail(f"CI=true: Redis not answering at {REDIS_URL}", pytrace=False)
+        pytest.skip(f"Redis not answering at {REDIS_URL}")
+    queue = f"bbsync-test-{uuid.uuid4().hex[:8]}"
+    app = celery_for({"REDIS_URL": REDIS_URL, "BBSYNC_QUEUE": queue, "BBSYNC_VAR_DIR": str(tmp_path)})
+    yield app, client, queue
+    client.delete(queue)
+
+
+def queued(client: redis.Redis, queue: str) -> list[dict]:
+    """The queue's messages, oldest first (kombu LPUSHes, a worker BRPOPs)."""
+    return [json.loads(raw) for raw in reversed(client.lrange(queue, 0, -1))]
+
+
+def test_a_batch_is_one_redis_pipeline_of_stock_celery_messages(redis_app, monkeypatch):
+    app, client, queue = redis_app
+    assert publish_many([("process_delivery", "first")], app=app) == 1  # declares the queue, once
+    client.delete(queue)
+    executes = []
+    original = redis.client.Pipeline.execute
+
+    def counting_execute(self, *args, **kwargs):
+        executes.append(len(self.command_stack))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", counting_execute)
+    jobs = [("process_delivery", f"d{i}") for i in range(5)] + [("push_link", 7)]
+    assert publish_many(jobs, app=app) == 6
+    assert executes == [6]  # one round trip for the six pushes
+
+    messages = queued(client, queue)
+    assert [m["headers"]["task"] for m in messages] == ["bbsync.process_delivery"] * 5 + ["bbsync.push_link"]
+    args = [json.loads(base64.b64decode(m["body"]))[0] for m in messages]
+    assert args == [["d0"], ["d1"], ["d2"], ["d3"], ["d4"], [7]]
+    assert len({m["headers"]["id"] for m in messages}) == 6
+    assert all(m["properties"]["delivery_info"]["routing_key"] == queue for m in messages)
+
+
+def test_a_failed_pipeline_counts_nothing_as_queued(redis_app, monkeypatch):
+    app, client, queue = redis_app
+
+    def broken_execute(self, *args, **kwargs):
+        raise redis.exceptions.ConnectionError("the broker went away")
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", broken_execute)
+    assert publish_many([("process_delivery", f"d{i}") for i in range(4)], app=app) == 0
+    monkeypatch.undo()
+    assert client.llen(queue) == 0
+    assert publish_many([("process_delivery", "again")], app=app) == 1  # the pooled producer still works
+    assert client.llen(queue) == 1
+
+
+def test_an_unbatched_transport_reports_the_jobs_before_the_failure(tmp_path, monkeypatch):
+    # The embedded filesystem broker, like AMQP, cannot defer a publish: each message goes out
+    # at once, so the ones before a failure are surely queued.
+    app = celery_for({"BBSYNC_VAR_DIR": str(tmp_path), "BBSYNC_QUEUE": "q"})
+    from kombu.transport import filesystem
+    original, calls = filesystem.Channel._put, []
+
+    def put_failing_third(self, queue, payload, **kwargs):
+        calls.append(queue)
+        if len(calls) == 3:
+            raise RuntimeError("disk full")
+        return original(self, queue, payload, **kwargs)
+
+    monkeypatch.setattr(filesystem.Channel, "_put", put_failing_third)
+    jobs = [("process_delivery", f"d{i}") for i in range(5)]
+    assert publish_many(jobs, app=app) == 2
+    files = list((tmp_path / "broker" / "queue").glob("*.msg"))
+    assert len(files) == 2
+
+
+def test_nothing_to_publish_touches_no_broker():
+    assert publish_many([], app=celery_for({"BROKER_URL": "redis://127.0.0.1:1/0"})) == 0
