@@ -78,13 +78,15 @@ def decide_field(
                              new_shadow=ShadowPair(incoming, mapped), policy=policy, winner=winner,
                              detail="both sides changed; source kept", **common)
     if winner == "dest":
-        # The dest keeps its value and the shadow stays the base: the dest's change is still a
-        # change for the other direction, which carries it back to the source. (Moving the
-        # base here would strand a dest that later returns to the old base value: neither
-        # direction would see a difference, and the sides would disagree for good.)
-        return FieldDecision(outcome="conflict", write=False, new_dest=None, new_shadow=None,
-                             policy=policy, winner=winner, detail="both sides changed; dest kept",
-                             **common)
+        # The dest keeps its value, which the other direction must carry back to the source.
+        # The shadow records what the source now holds, and no agreed dest value (None): any
+        # dest value then differs from the base, so the other direction writes it, even one
+        # that later returns to the old base value. (Keeping the old base instead would
+        # strand exactly that one: neither direction would see a difference, and the source
+        # would keep the value that lost.)
+        return FieldDecision(outcome="conflict", write=False, new_dest=None,
+                             new_shadow=ShadowPair(incoming, None), policy=policy, winner=winner,
+                             detail="both sides changed; dest kept", **common)
     return FieldDecision(outcome="conflict", write=False, new_dest=None, new_shadow=None,
                          policy=policy, winner=None, detail="both sides changed; awaiting a person",
                          **common)

@@ -221,16 +221,18 @@ def test_bitbucket_wins_writes_the_bitbucket_value():
 def test_bitbucket_wins_in_reverse_keeps_bitbucket():
     d = rev("closed", "resolved", ShadowPair("new", "new"), policy="bitbucket_wins")
     assert (d.outcome, d.winner, d.write) == ("conflict", "dest", False)
-    assert d.new_shadow is None  # the base stays, so the forward direction carries Bitbucket's value
+    # Bitbucket's kept value goes to the ticket by the forward direction: the shadow holds the
+    # helpdesk's value and no agreed Bitbucket value, so any Bitbucket value is a change.
+    assert d.new_shadow == ShadowPair("closed", None)
 
 
-def test_target_wins_keeps_the_helpdesk_value_and_the_old_base():
+def test_target_wins_keeps_the_helpdesk_value_and_records_what_bitbucket_holds():
     d = conflict("target_wins")
     assert (d.outcome, d.policy, d.winner) == ("conflict", "target_wins", "dest")
     assert (d.write, d.new_dest) == (False, None)
-    # The shadow stays the base, so the helpdesk's change still looks like a change when the
-    # reverse direction runs, and is carried back to Bitbucket.
-    assert d.new_shadow is None
+    # The shadow holds Bitbucket's value and no agreed helpdesk value, so whatever the helpdesk
+    # holds when the reverse direction runs is a change, and is carried back to Bitbucket.
+    assert d.new_shadow == ShadowPair("resolved", None)
 
 
 def test_target_wins_in_reverse_writes_the_helpdesk_value():
@@ -244,7 +246,8 @@ def test_dest_win_is_carried_back_by_the_reverse_direction():
     kept = forward_decision.new_shadow or forward_decision.base
     # Reverse sees the shadow from its side: (helpdesk value, Bitbucket value).
     back = rev("pending", "resolved", ShadowPair(kept.dest, kept.source), policy="target_wins")
-    assert (back.outcome, back.winner, back.write, back.new_dest) == ("conflict", "source", True, "open")
+    # Bitbucket is where the losing side left it: the helpdesk's value is simply written.
+    assert (back.outcome, back.write, back.new_dest) == ("applied", True, "open")
     assert back.new_shadow == ShadowPair("pending", "open")
 
 
@@ -271,7 +274,7 @@ def test_latest_wins_gives_a_newer_source_the_write():
 def test_latest_wins_gives_a_newer_dest_the_field():
     d = conflict("latest_wins", source_at=EARLIER, dest_at=T0)
     assert (d.winner, d.write, d.new_dest) == ("dest", False, None)
-    assert d.new_shadow is None
+    assert d.new_shadow == ShadowPair("resolved", None)
 
 
 def test_latest_wins_tie_goes_to_the_source():

@@ -25,6 +25,18 @@ class Drawn:
 
 
 CASES = {
+    # The helpdesk wins a conflict (its edit is newer) and keeps its value; then an agent puts
+    # the old value back before the push. The shadow still held the old base on both sides, so
+    # the push saw no change and Bitbucket kept the edit that lost. Found by the fast profile.
+    "helpdesk wins a conflict, then returns to the old value": [
+        ("setup", dict(n_issues=2)),
+        ("developer_edits", dict(data=Drawn("minor"), field="priority", i=0)),
+        ("agent_edits", dict(data=Drawn("urgent"), field="priority", i=1)),
+        ("developer_edits", dict(data=Drawn("on hold"), field="status", i=1)),
+        ("developer_edits", dict(data=Drawn("minor"), field="priority", i=1)),
+        ("webhooks_arrive", dict(seed=176, duplicate=True)),
+        ("agent_edits", dict(data=Drawn("normal"), field="priority", i=1)),
+    ],
     # A write reaches Bitbucket and the worker dies before recording it; the ticket moves on
     # and the next push dies after planning. The write's echo then set the shadow to what was
     # written while the ticket held something newer, and nothing carried the ticket's value
