@@ -11,9 +11,10 @@ end the stored rows and the queued tasks are counted against the acknowledged re
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import multiprocessing as mp
 import os
-import re
 import statistics
 import sys
 import time
@@ -28,6 +29,7 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 
+from bench.machine import cpu_by_program, machine_cpu, procfile_web  # noqa: E402
 from webhooks.signatures import sign  # noqa: E402
 from worker.stack import Stack, free_port, wait_http  # noqa: E402
 
@@ -35,15 +37,7 @@ PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:54
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 BODY = (ROOT / "tests" / "fixtures" / "webhooks" / "kanboard__bitbucket_issue_opened.json").read_bytes()
 SECRET = "bench-secret"
-
-
-def _procfile_gunicorn() -> str:
-    """The Procfile's web worker and thread counts: the bench measures what production runs."""
-    web = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
-    return " ".join(re.search(rf"--{opt}\s+\d+", web).group(0) for opt in ("workers", "threads"))
-
-
-GUNICORN = os.environ.get("BENCH_GUNICORN", _procfile_gunicorn()).split()
+GUNICORN = os.environ.get("BENCH_GUNICORN", "--workers {} --threads {}".format(*procfile_web())).split()
 
 
 def _client(url: str, seconds: float, threads: int, out: mp.Queue) -> None:
@@ -78,13 +72,23 @@ def load(url: str, seconds: float, concurrency: int) -> dict:
     out: mp.Queue = mp.Queue()
     procs = [mp.Process(target=_client, args=(url, seconds, concurrency // procs_n, out))
              for _ in range(procs_n)]
+    cpu0, by0 = machine_cpu(), cpu_by_program()
     for p in procs:
         p.start()
     results = [r for _ in procs for r in out.get()]
+    cpu1, by1 = machine_cpu(), cpu_by_program()
+    spent = {name: by1[name] - by0.get(name, 0.0) for name in by1}
+    per_request = {name: 1000 * t / max(1, len(results)) for name, t in spent.items() if t > 0}
+    per_request["(load generator, others)"] = 1000 * (cpu1[0] - cpu0[0]) / max(1, len(results)) - sum(per_request.values())
     for p in procs:
         p.join()
     latencies = sorted(lat for status, lat in results if status == 202)
     return {
+        # Machine-wide, load generator included: whether the run was CPU-bound, and what one
+        # request cost every process together.
+        "busy": (cpu1[0] - cpu0[0]) / max(1e-9, cpu1[1] - cpu0[1]),
+        "cpu_ms": 1000 * (cpu1[0] - cpu0[0]) / max(1, len(results)),
+        "by_program": dict(sorted(per_request.items(), key=lambda kv: -kv[1])[:5]),
         "requests": len(results), "accepted": len(latencies),
         "errors": sum(1 for status, _ in results if status != 202),
         "rps": len(latencies) / seconds,
@@ -135,14 +139,17 @@ def main() -> int:
             runs["real"].append(load(real, args.seconds, args.concurrency))
 
         accepted = sum(x["accepted"] for x in runs["real"])
-        queued = _settle(r, queue)
+        _settle(r, queue)
+        queued, distinct = _queued_deliveries(r, queue)
         rows = _count_rows(db_url) - warm
         print(f"ingest benchmark: {args.rounds} round(s) x {args.seconds:.0f} s, "
               f"{args.concurrency} concurrent connections, gunicorn {' '.join(GUNICORN)}")
         for name in ("bare", "real"):
             for i, x in enumerate(runs[name], 1):
                 print(f"  {name:<4} round {i}: {x['rps']:8.1f} req/s  p50 {x['p50_ms']:6.2f} ms  "
-                      f"p99 {x['p99_ms']:6.2f} ms  errors {x['errors']}")
+                      f"p99 {x['p99_ms']:6.2f} ms  errors {x['errors']}  machine CPU busy "
+                      f"{100 * x['busy']:.0f}%, {x['cpu_ms']:.2f} ms per request (all processes)")
+                print("        CPU ms per request: " + ", ".join(f"{k} {v:.2f}" for k, v in x["by_program"].items()))
         bare_rps = statistics.mean(x["rps"] for x in runs["bare"])
         real_rps = statistics.mean(x["rps"] for x in runs["real"])
         print(f"  throughput ratio real/bare: {real_rps / bare_rps:.2f}")
@@ -150,7 +157,7 @@ def main() -> int:
               f"p99 {max(x['p99_ms'] for x in runs['real']):.2f} ms (worst round)")
         print(f"  acknowledged {accepted}, rows stored {rows}, tasks queued {queued}: "
               f"lost {max(0, accepted - rows)}, duplicated {max(0, rows - accepted)}, "
-              f"queue mismatch {queued - rows}")
+              f"queue mismatch {queued - rows} ({distinct} distinct ids in {r.llen(queue)} messages)")
         return 0
     finally:
         stack.close()
@@ -168,6 +175,20 @@ def _settle(r: redis.Redis, queue: str, quiet_seconds: float = 1.0) -> int:
             last, since = n, time.monotonic()
         time.sleep(0.1)
     return last
+
+
+def _queued_deliveries(r: redis.Redis, queue: str) -> tuple[int, int]:
+    """Delivery ids in the queued task messages (a process_deliveries message carries several):
+    (how many, how many distinct)."""
+    ids: list[str] = []
+    for raw in r.lrange(queue, 0, -1):
+        message = json.loads(raw)
+        args = json.loads(base64.b64decode(message["body"]))[0]
+        if message["headers"]["task"] == "bbsync.process_deliveries":
+            ids.extend(args[0])
+        elif message["headers"]["task"] == "bbsync.process_delivery":
+            ids.append(args[0])
+    return len(ids), len(set(ids))
 
 
 def _count_rows(db_url: str) -> int:

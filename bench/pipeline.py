@@ -42,6 +42,7 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 
+from bench.machine import machine_cpu, procfile_web  # noqa: E402
 from webhooks.signatures import sign  # noqa: E402
 from worker.stack import Stack  # noqa: E402
 
@@ -139,19 +140,6 @@ def wait_processed(db_url: str, ids: list[str], timeout: float) -> dict[str, tup
             if done >= len(ids) or time.monotonic() > deadline:
                 return rows
             time.sleep(0.1)
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, all cores (Linux /proc/stat):
-    every process of the pipeline (web, workers, PostgreSQL, Redis, this sender) counts."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return float("nan"), float("nan")
-    tick = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields) - idle) / tick, sum(fields) / tick
 
 
 def burst(db_url: str, sender: Sender, n: int, threads: int, timeout: float) -> dict:
@@ -310,7 +298,8 @@ def main() -> int:
     try:
         stack.run("db", "upgrade")
         stack.run("connection", "add", "bench", "--repo", WEBHOOK_REPO, "--webhook-secret", SECRET)
-        web = stack.start_web(workers=4, threads=4)
+        workers, threads = procfile_web()  # what production runs
+        web = stack.start_web(workers=workers, threads=threads)
         sender = Sender(f"{web}/webhooks/bitbucket/bench")
 
         one = two = None

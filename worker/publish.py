@@ -1,8 +1,10 @@
 """Publish several Celery task messages in one go: the web process's dispatcher drains its queue
 into a batch and hands it here.
 
-Each message is still built by Celery's `send_task` (a stock `celery worker` consumes it); what a
-batch shares is one pooled producer and, where the transport can (Redis), one pipeline for all
+A run of delivery jobs becomes one `process_deliveries` message (see worker.tasks): per
+request, a message costs the web process more CPU than anything else it does. Each message is
+still built by Celery's `send_task` (a stock `celery worker` consumes it); what a batch shares is
+one pooled producer and, where the transport can (Redis), one pipeline for all
 the pushes instead of a round trip and a new client per message. Other transports (AMQP, the
 embedded filesystem broker) publish each message at once over the same producer.
 """
@@ -19,6 +21,37 @@ log = logging.getLogger("bbsync.tasks")
 
 Job = tuple[str, "str | int"]
 OPS_PER_MESSAGE = 16
+#: Deliveries per message: enough to spare the web process, few enough that a burst still
+#: spreads over every worker.
+IDS_PER_MESSAGE = 16
+
+
+def messages(jobs: Sequence[Job]) -> list[tuple[str, list, int]]:
+    """The task messages for `jobs`, in order: (task name, args, how many jobs it carries).
+    A run of deliveries goes as one `process_deliveries` message (up to IDS_PER_MESSAGE; a
+    lone one stays a `process_delivery`): the message, not the delivery, is what costs the
+    web process CPU."""
+    from worker.tasks import ENQUEUEABLE, process_deliveries
+    out: list[tuple[str, list, int]] = []
+    run: list = []
+
+    def end_run() -> None:
+        if len(run) == 1:
+            out.append((ENQUEUEABLE["process_delivery"].name, [run[0]], 1))
+        elif run:
+            out.append((process_deliveries.name, [list(run)], len(run)))
+        run.clear()
+
+    for task, arg in jobs:
+        if task == "process_delivery":
+            run.append(arg)
+            if len(run) == IDS_PER_MESSAGE:
+                end_run()
+        else:
+            end_run()
+            out.append((ENQUEUEABLE[task].name, [arg], 1))
+    end_run()
+    return out
 
 
 def publish_many(jobs: Sequence[Job], app: Celery | None = None) -> int:
@@ -29,7 +62,6 @@ def publish_many(jobs: Sequence[Job], app: Celery | None = None) -> int:
     not queued and are sent again. A second message for the same id is harmless (a task finds
     finished work done); a missing one would leave a delivery waiting for the sweeper.
     """
-    from worker.tasks import ENQUEUEABLE
     if app is None:
         from worker.celery_app import app
 
@@ -44,9 +76,9 @@ def publish_many(jobs: Sequence[Job], app: Celery | None = None) -> int:
             # PEXPIRE per priority level on a queue with an expiry): it must not flush part of
             # the batch, or a later failure would hide which messages went out.
             with producer.batch(max_size=OPS_PER_MESSAGE * len(jobs)) if batched else nullcontext():
-                for task, arg in jobs:
-                    app.send_task(ENQUEUEABLE[task].name, args=[arg], producer=producer)
-                    sent += 1
+                for name, args, covered in messages(jobs):
+                    app.send_task(name, args=args, producer=producer)
+                    sent += covered
         return len(jobs)
     except Exception as exc:  # kombu raises a zoo of connection errors; all mean "not queued"
         done = 0 if batched else sent

@@ -32,8 +32,9 @@ def _backoff(retries: int) -> float:
     return random.uniform(0, min(max_task_delay(get_settings()), 2 ** retries))
 
 
-@app.task(bind=True, name="bbsync.process_delivery", max_retries=MAX_RETRIES)
-def process_delivery(self, delivery_id: str) -> str:
+def _run_delivery(delivery_id: str) -> str:
+    """Process one stored delivery, and queue what it released and the push it made due.
+    RETRYABLE errors propagate (the caller retries); so does anything else (it fails)."""
     with transaction() as session:
         started = deliveries.start_run(session, delivery_id)
     if started is None or started.status != "received":
@@ -42,14 +43,19 @@ def process_delivery(self, delivery_id: str) -> str:
                  started.status if started else "missing")
         return "skipped"
     log.info("sync.delivery_started delivery=%s run=%d", delivery_id, started.runs)
+    with transaction() as session:
+        outcome = forward.process_delivery(session, delivery_id)
+    for released in outcome.released:
+        enqueue_delivery(released)
+    if outcome.push_link is not None:
+        enqueue("push_link", outcome.push_link)
+    return outcome.status
+
+
+@app.task(bind=True, name="bbsync.process_delivery", max_retries=MAX_RETRIES)
+def process_delivery(self, delivery_id: str) -> str:
     try:
-        with transaction() as session:
-            outcome = forward.process_delivery(session, delivery_id)
-        for released in outcome.released:
-            enqueue_delivery(released)
-        if outcome.push_link is not None:
-            enqueue("push_link", outcome.push_link)
-        return outcome.status
+        return _run_delivery(delivery_id)
     except RETRYABLE as exc:
         if self.request.retries >= MAX_RETRIES:
             _mark_failed(delivery_id, f"gave up after {MAX_RETRIES} retries: {exc.__class__.__name__}")
@@ -58,6 +64,37 @@ def process_delivery(self, delivery_id: str) -> str:
     except Exception as exc:
         _mark_failed(delivery_id, f"{exc.__class__.__name__}: {exc}")
         raise
+
+
+@app.task(name="bbsync.process_deliveries")
+def process_deliveries(delivery_ids: list[str]) -> dict[str, str]:
+    """Deliveries a web process stored together, in the order they arrived: one message for
+    several is what lets the receiver answer fast (a message costs the web process more CPU
+    than storing the delivery does). Each is processed exactly as `process_delivery` would,
+    and isolated from the others: one that must be retried goes on as a task of its own, one
+    that fails is recorded, and the rest of the batch goes on. A redelivered batch (its worker
+    died) finds its finished deliveries done; the sweeper queues any it cannot reach soon."""
+    outcomes: dict[str, str] = {}
+    for delivery_id in delivery_ids:
+        try:
+            outcomes[delivery_id] = _run_delivery(delivery_id)
+        except RETRYABLE as exc:
+            log.info("sync.delivery_retry delivery=%s error=%s", delivery_id, exc.__class__.__name__)
+            outcomes[delivery_id] = "retrying" if _retry_alone(delivery_id) else "waiting"
+        except Exception as exc:
+            _mark_failed(delivery_id, f"{exc.__class__.__name__}: {exc}")
+            outcomes[delivery_id] = "failed"
+    return outcomes
+
+
+def _retry_alone(delivery_id: str) -> bool:
+    try:
+        process_delivery.apply_async(args=[delivery_id], countdown=_backoff(0))
+        return True
+    except Exception as exc:  # not queued: the row stays `received` for the sweeper
+        log.warning("enqueue_failed task=process_delivery arg=%s error=%s", delivery_id,
+                    exc.__class__.__name__)
+        return False
 
 
 def _mark_failed(delivery_id: str, reason: str) -> None:

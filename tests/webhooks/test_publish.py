@@ -57,16 +57,29 @@ def test_a_batch_is_one_redis_pipeline_of_stock_celery_messages(redis_app, monke
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(redis.client.Pipeline, "execute", counting_execute)
-    jobs = [("process_delivery", f"d{i}") for i in range(5)] + [("push_link", 7)]
-    assert publish_many(jobs, app=app) == 6
-    assert executes == [6]  # one round trip for the six pushes
+    jobs = ([("process_delivery", "lone"), ("push_link", 3)] + [("process_delivery", f"d{i}") for i in range(5)]
+            + [("push_link", 7)])
+    assert publish_many(jobs, app=app) == 8
+    assert executes == [4]  # one round trip for the four messages
 
     messages = queued(client, queue)
-    assert [m["headers"]["task"] for m in messages] == ["bbsync.process_delivery"] * 5 + ["bbsync.push_link"]
+    # A run of deliveries travels as one message; a lone one as the usual single task.
+    assert [m["headers"]["task"] for m in messages] == [
+        "bbsync.process_delivery", "bbsync.push_link", "bbsync.process_deliveries", "bbsync.push_link"]
     args = [json.loads(base64.b64decode(m["body"]))[0] for m in messages]
-    assert args == [["d0"], ["d1"], ["d2"], ["d3"], ["d4"], [7]]
-    assert len({m["headers"]["id"] for m in messages}) == 6
+    assert args == [["lone"], [3], [["d0", "d1", "d2", "d3", "d4"]], [7]]
+    assert len({m["headers"]["id"] for m in messages}) == 4
     assert all(m["properties"]["delivery_info"]["routing_key"] == queue for m in messages)
+
+
+def test_a_long_run_of_deliveries_is_split_so_that_a_burst_spreads_over_the_workers():
+    from worker.publish import IDS_PER_MESSAGE, messages
+    jobs = [("process_delivery", f"d{i}") for i in range(2 * IDS_PER_MESSAGE + 1)]
+    out = messages(jobs)
+    assert [(name, covered) for name, _args, covered in out] == [
+        ("bbsync.process_deliveries", IDS_PER_MESSAGE), ("bbsync.process_deliveries", IDS_PER_MESSAGE),
+        ("bbsync.process_delivery", 1)]
+    assert [i for _name, args, _ in out[:2] for i in args[0]] + out[2][1] == [arg for _task, arg in jobs]
 
 
 def test_a_failed_pipeline_counts_nothing_as_queued(redis_app, monkeypatch):
@@ -97,7 +110,9 @@ def test_an_unbatched_transport_reports_the_jobs_before_the_failure(tmp_path, mo
         return original(self, queue, payload, **kwargs)
 
     monkeypatch.setattr(filesystem.Channel, "_put", put_failing_third)
-    jobs = [("process_delivery", f"d{i}") for i in range(5)]
+    # Messages: d0 | push 1 | [d1, d2] (fails) | push 2. Two jobs are surely queued.
+    jobs = [("process_delivery", "d0"), ("push_link", 1), ("process_delivery", "d1"),
+            ("process_delivery", "d2"), ("push_link", 2)]
     assert publish_many(jobs, app=app) == 2
     files = list((tmp_path / "broker" / "queue").glob("*.msg"))
     assert len(files) == 2

@@ -1,0 +1,48 @@
+"""What the whole machine spent, for benchmarks that share it with their own load generator;
+and what production runs, so that a benchmark measures that."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
+
+
+def procfile_web() -> tuple[int, int]:
+    """The gunicorn worker and thread counts of the Procfile's `web:` line."""
+    web = next(line for line in PROCFILE.read_text().splitlines() if line.startswith("web:"))
+    return tuple(int(re.search(rf"--{opt}\s+(\d+)", web).group(1)) for opt in ("workers", "threads"))
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores (Linux /proc/stat):
+    every process of the pipeline (web, workers, PostgreSQL, Redis, this sender) counts."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan"), float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
+def cpu_by_program() -> dict[str, float]:
+    """CPU seconds used so far by the live processes of each program (Linux /proc): where a
+    run's CPU went, as differences of two readings. Processes that start and end between the
+    readings (a load generator) are not in it: they are the machine's total less the rest."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out

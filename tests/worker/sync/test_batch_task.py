@@ -1,0 +1,79 @@
+"""`process_deliveries`: the one message a web process sends for several stored deliveries.
+Each delivery is processed as `process_delivery` would, isolated from the rest of its batch."""
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from worker import tasks
+from worker.db.models import Delivery, LedgerEntry, Link
+from worker.db.session import transaction
+from worker.sync import forward
+
+
+def _received(h, titles: list[str]) -> list[str]:
+    for title in titles:
+        h.api("POST", "/issues", json={"title": title})
+    assert h.state.wait_for_deliveries(10)
+    with transaction() as session:
+        return list(session.scalars(select(Delivery.id).where(Delivery.status == "received")
+                                    .order_by(Delivery.received_at)))
+
+
+def _statuses(ids: list[str]) -> list[str]:
+    with transaction() as session:
+        return [session.get(Delivery, i).status for i in ids]
+
+
+def test_a_batch_processes_each_delivery_in_order_and_a_redelivered_batch_changes_nothing(harness):
+    ids = _received(harness, ["One", "Two", "Three"])
+    assert tasks.process_deliveries(ids) == {i: "processed" for i in ids}
+    with transaction() as session:
+        links = list(session.scalars(select(Link).order_by(Link.target_id)))
+        assert [link.bitbucket_issue_id for link in links] == [1, 2, 3]
+        entries = session.scalar(select(LedgerEntry.id).order_by(LedgerEntry.id.desc()).limit(1))
+    # Its worker died after the work: the broker hands the batch out again.
+    assert tasks.process_deliveries(ids) == {i: "skipped" for i in ids}
+    with transaction() as session:
+        assert session.scalar(select(LedgerEntry.id).order_by(LedgerEntry.id.desc()).limit(1)) == entries
+
+
+def test_one_delivery_that_fails_or_must_wait_does_not_hold_back_the_rest(harness, monkeypatch):
+    ids = _received(harness, ["Fine", "Locked", "Broken", "Also fine"])
+    fine, locked, broken, also_fine = ids
+    real = forward.process_delivery
+
+    def flaky(session, delivery_id):
+        if delivery_id == locked:
+            raise OperationalError("UPDATE links ...", {}, Exception("lock timeout"))
+        if delivery_id == broken:
+            raise RuntimeError("a bug")
+        return real(session, delivery_id)
+
+    retried = []
+    monkeypatch.setattr(forward, "process_delivery", flaky)
+    monkeypatch.setattr(tasks.process_delivery, "apply_async",
+                        lambda args, countdown: retried.append((args, countdown)))
+    outcomes = tasks.process_deliveries(ids)
+    assert outcomes == {fine: "processed", locked: "retrying", broken: "failed", also_fine: "processed"}
+    # The locked one goes on alone, retried with backoff like any process_delivery; the broken
+    # one is recorded for a person, and neither stopped the fourth.
+    assert [args for args, _ in retried] == [[locked]] and 0 <= retried[0][1] <= 1
+    assert _statuses(ids) == ["processed", "received", "failed", "processed"]
+    with transaction() as session:
+        assert session.get(Delivery, broken).error == "RuntimeError: a bug"
+
+
+def test_a_retry_that_cannot_be_queued_leaves_the_delivery_for_the_sweeper(harness, monkeypatch):
+    [only, other] = _received(harness, ["Locked", "Other"])
+
+    def locked(session, delivery_id):
+        raise OperationalError("SELECT ...", {}, Exception("lock timeout"))
+
+    def broker_down(*_args, **_kwargs):
+        raise ConnectionError("the broker went away")
+
+    monkeypatch.setattr(forward, "process_delivery", locked)
+    monkeypatch.setattr(tasks.process_delivery, "apply_async", broker_down)
+    assert tasks.process_deliveries([only, other]) == {only: "waiting", other: "waiting"}
+    assert _statuses([only, other]) == ["received", "received"]  # the sweeper enqueues them
