@@ -54,6 +54,10 @@ def explain(e: LedgerEntry) -> str:
         what = f"{e.field} {e.bitbucket_value!r}" if e.field != "comment" else "comment"
     elif e.field == "comment":
         what = f"comment {e.new_value!r}" if e.new_value else "comment"
+    elif e.old_value is None and e.new_value is None:
+        # Nothing moved (a stale value, say): name the value that was seen, not "None -> None".
+        seen = e.bitbucket_value if e.direction == "forward" else e.target_value
+        what = f"{e.field} {seen!r}" if seen is not None else e.field
     elif e.old_value is None and e.outcome == "applied":
         what = f"{e.field} = {e.new_value!r}"
     else:

@@ -115,6 +115,13 @@ def test_explain_applied_says_what_changed_where_and_who(session, conn_id):
     assert "delivery abc123" in line
 
 
+def test_explain_a_stale_value_names_the_value_seen(session, conn_id):
+    e = add(session, conn_id, "stale", field="priority", bitbucket_value="minor", created_at=WHEN,
+            detail="older than the value written at 2024-05-01T12:30:04+00:00")
+    line = ledger.explain(e)
+    assert "priority 'minor'" in line and "None" not in line
+
+
 def test_explain_reverse_direction_names_it(session, conn_id):
     e = add(session, conn_id, "applied", direction="reverse", field="priority", old_value="major",
             new_value="blocker", created_at=WHEN)
