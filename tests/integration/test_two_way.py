@@ -146,3 +146,28 @@ def test_tracker_removed_stops_retrying_and_keeps_the_data(tw):
         "select count(*) from outgoing_changes o join connections c on c.id = o.connection_id "
         "where c.name = :n and o.state = 'failed'", n=tw.conn) >= 2, what="second edit parked")
     assert len([r for r in tw.state.request_log if f"{tw.repo}/issues/{issue['id']}/changes" in r.path]) == 1
+
+
+def test_reconcile_command_recovers_what_lost_webhooks_carried_and_rejects_bad_input(tw):
+    issue, ticket = tw.new_issue(title="Changed while we were away")
+    tw.settle()
+    before = (tw.ticket(ticket["id"]), len(tw.ledger()))
+    bad = tw.running.stack.run("reconcile", tw.conn, "--comments", "bogus", check=False)
+    assert bad.returncode == 2 and "bogus" in bad.stderr
+    unknown = tw.running.stack.run("reconcile", "no-such-connection", check=False)
+    assert unknown.returncode == 1 and "unknown connection" in unknown.stderr
+    assert (tw.ticket(ticket["id"]), len(tw.ledger())) == before, "bad input changed something"
+
+    tw.state.faults.drop_webhooks(times=2)
+    tw.api("PUT", f"/issues/{issue['id']}", json={"priority": "blocker"})
+    tw.api("POST", f"/issues/{issue['id']}/comments", json={"content": {"raw": "Found it."}})
+    assert tw.state.wait_for_deliveries(10)
+    # The 5-minute pass: the field comes back, the comment waits for the comment pass.
+    out = tw.running.stack.run("reconcile", tw.conn, "--comments", "none").stdout
+    assert "1 API call(s)" in out
+    after = tw.ticket(ticket["id"])
+    assert after["priority"] == mappings.load().to_target("priority", "blocker")
+    assert [c["body"] for c in after["comments"]] == []
+    tw.running.stack.run("reconcile", tw.conn, "--comments", "changed")
+    tw.running.stack.run("reconcile", tw.conn, "--comments", "changed")  # again: nothing twice
+    assert [c["body"] for c in tw.ticket(ticket["id"])["comments"]] == ["Found it."]
