@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings, get_settings
+from webhooks.delivery_store import DeliveryWriter
 from webhooks.directory import ConnectionDirectory
 from webhooks.dispatch import Dispatcher, one_at_a_time
 from worker.db.session import get_engine, make_engine, session_factory
@@ -21,8 +22,8 @@ log = logging.getLogger("bbsync.webhooks")
 class AppState:
     settings: Settings
     engine: Engine
-    #: The receiver's INSERT: on PostgreSQL autocommit, without a ping per checkout.
-    receiver_engine: Engine
+    #: The receiver's INSERTs, committed in groups (on PostgreSQL autocommit, no ping).
+    deliveries: DeliveryWriter
     sessions: sessionmaker[Session]
     directory: ConnectionDirectory
     dispatcher: Dispatcher
@@ -50,7 +51,7 @@ def create_app(settings: Settings | None = None,
     # Werkzeug enforces this too; the receiver checks first to answer with its own message.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.extensions["bbsync"] = AppState(
-        settings, get_engine(settings.database_url), _receiver_engine(settings.database_url), sessions,
+        settings, get_engine(settings.database_url), DeliveryWriter(_receiver_engine(settings.database_url)), sessions,
         ConnectionDirectory(sessions), Dispatcher(one_at_a_time(enqueue) if enqueue else _celery_publish))
 
     from webhooks import operator, receiver, tickets

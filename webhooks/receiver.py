@@ -11,12 +11,10 @@ import logging
 import uuid
 
 from flask import Blueprint, current_app, jsonify, request
-from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
 
 from webhooks import signatures
-from worker.db.models import Delivery, LedgerEntry, utcnow
-from worker.db.session import insert_ignoring_duplicates
+from webhooks.delivery_store import insert_rows
+from worker.db.models import LedgerEntry, utcnow
 from worker.engine.events import ISSUE_EVENTS, issue_key, quick_check
 
 log = logging.getLogger("bbsync.webhooks")
@@ -84,48 +82,27 @@ def _store(ext, connection_id: int, request_uuid: str, event_key: str, body: byt
            ignored: bool, key: str | None) -> tuple[str, bool]:
     """Insert the delivery and commit. Returns (id, True) or, for a duplicate, (existing id, False).
 
-    Core, not the ORM: this is the hot path, and one INSERT ... ON CONFLICT DO NOTHING is all
-    it needs (the unique key on (connection, X-Request-UUID) makes concurrent duplicates safe).
-    On PostgreSQL that INSERT runs on the receiver's autocommit engine: one round trip, durable
-    when it returns. An ignored event also writes a ledger row, so it takes a transaction.
+    The unique key on (connection, X-Request-UUID) makes concurrent duplicates safe. Deliveries
+    to sync go through the process's DeliveryWriter, which commits concurrent requests together;
+    an ignored event also writes a ledger row, so it takes a transaction of its own.
     """
-    delivery_id = uuid.uuid4().hex
     row = dict(
-        id=delivery_id, connection_id=connection_id, request_uuid=request_uuid,
+        id=uuid.uuid4().hex, connection_id=connection_id, request_uuid=request_uuid,
         hook_uuid=_header_id("X-Hook-UUID"), event_key=event_key, attempt=_attempt(),
         body=body.decode("utf-8"), status="ignored" if ignored else "received",
         error=f"event {event_key} is not synced" if ignored else None, received_at=utcnow(),
         issue_key=key, runs=0,
     )
-    engine = ext.engine if ignored else ext.receiver_engine
-    try:
-        return _insert(engine, row, ignored)
-    except DBAPIError as exc:
-        if not exc.connection_invalidated:
-            raise
-        # The receiver's engine does not ping a connection before using it, so the first use of
-        # one the server dropped (a restart, a failover) fails here. SQLAlchemy has discarded
-        # the pool's connections by now; the second try runs on a new one.
-        log.warning("webhook.db_reconnect error=%s", type(exc.orig).__name__)
-        return _insert(engine, row, ignored)
-
-
-def _insert(engine, row: dict, ignored: bool) -> tuple[str, bool]:
-    with engine.begin() as conn:
-        inserted = conn.execute(insert_ignoring_duplicates(conn.dialect.name, Delivery.__table__),
-                                row).first() is not None
-        if inserted and ignored:
+    if not ignored:
+        return ext.deliveries.write(row)
+    with ext.engine.begin() as conn:
+        (delivery_id, fresh), = insert_rows(conn, [row])
+        if fresh:
             conn.execute(LedgerEntry.__table__.insert().values(
-                connection_id=row["connection_id"], direction="forward", outcome="ignored",
-                delivery_id=row["id"], detail=f"event {row['event_key']} is not synced by this product",
+                connection_id=connection_id, direction="forward", outcome="ignored",
+                delivery_id=delivery_id, detail=f"event {event_key} is not synced by this product",
                 created_at=utcnow()))
-        if inserted:
-            return row["id"], True
-        existing = conn.execute(select(Delivery.id).where(
-            Delivery.connection_id == row["connection_id"],
-            Delivery.request_uuid == row["request_uuid"])).scalar_one()
-        # Our own row, when the commit of a first try reached the server but its answer did not.
-        return existing, existing == row["id"]
+    return delivery_id, fresh
 
 
 def _attempt() -> int:

@@ -3,21 +3,18 @@ no delivery left unqueued when the first try's commit landed but its answer was 
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 
-import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from tests.conftest import _clear_caches, load_fixture
-from webhooks import create_app, receiver
+from tests.conftest import load_fixture
+from tests.webhooks.conftest import PG_URL
+from webhooks import create_app, delivery_store
 from webhooks.signatures import sign
 from worker import connections
 from worker.db.session import transaction
 
-PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SECRET = "s3cret"
 BODY = load_fixture("kanboard__bitbucket_issue_opened")
 
@@ -56,16 +53,16 @@ def _dropped(statement: str) -> OperationalError:
 def test_a_commit_that_landed_before_the_connection_died_is_still_queued_once(db, monkeypatch, caplog):
     _add_connection()
     app, queued = _app()
-    real_insert, tries = receiver._insert, []
+    real_insert, tries = delivery_store.insert_group, []
 
-    def insert_then_lose_the_answer(engine, row, ignored):
-        tries.append(row["id"])
-        result = real_insert(engine, row, ignored)
+    def insert_then_lose_the_answer(engine, rows):
+        tries.extend(row["id"] for row in rows)
+        result = real_insert(engine, rows)
         if len(tries) == 1:
             raise _dropped("COMMIT")
         return result
 
-    monkeypatch.setattr(receiver, "_insert", insert_then_lose_the_answer)
+    monkeypatch.setattr(delivery_store, "insert_group", insert_then_lose_the_answer)
     with caplog.at_level(logging.WARNING, "bbsync.webhooks"):
         r = _deliver(app.test_client())
     assert r.status_code == 202, r.json
@@ -83,36 +80,14 @@ def test_an_error_that_is_not_a_dropped_connection_is_not_retried(db, monkeypatc
     app, _queued = _app()
     tries = []
 
-    def failing_insert(engine, row, ignored):
-        tries.append(row["id"])
+    def failing_insert(engine, rows):
+        tries.extend(row["id"] for row in rows)
         raise OperationalError("INSERT", {}, Exception("disk full"))
 
-    monkeypatch.setattr(receiver, "_insert", failing_insert)
+    monkeypatch.setattr(delivery_store, "insert_group", failing_insert)
     r = _deliver(app.test_client())
     assert r.status_code == 500
     assert len(tries) == 1
-
-
-@pytest.fixture
-def postgres_db(settings_env, monkeypatch):
-    """A fresh, migrated PostgreSQL database as the app's DATABASE_URL."""
-    import psycopg
-    try:
-        psycopg.connect(PG_URL, connect_timeout=2).close()
-    except psycopg.OperationalError:
-        if IN_CI:
-            pytest.fail(f"CI=true: PostgreSQL not answering at {PG_URL}", pytrace=False)
-        pytest.skip(f"PostgreSQL not answering at {PG_URL}")
-    name = f"bbsync_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    monkeypatch.setenv("DATABASE_URL", PG_URL.rpartition("/")[0] + "/" + name)
-    _clear_caches()
-    from worker.db import migrate
-    migrate.upgrade()
-    yield name
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_receiver_survives_postgresql_dropping_its_connections(postgres_db, caplog):
@@ -138,4 +113,4 @@ def test_receiver_survives_postgresql_dropping_its_connections(postgres_db, capl
     assert queued == [("process_delivery", first.json["delivery"]), ("process_delivery", second.json["delivery"])]
     with transaction() as session:
         assert session.execute(text("select count(*) from deliveries")).scalar() == 2
-    app.extensions["bbsync"].receiver_engine.dispose()
+    app.extensions["bbsync"].deliveries.engine.dispose()

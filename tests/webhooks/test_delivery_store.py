@@ -1,0 +1,124 @@
+"""The receiver's group commit (webhooks/delivery_store.py), on SQLite and on PostgreSQL:
+requests that arrive during a commit share the next one, each still gets its own answer, and
+one row the database refuses fails only its own request."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from config.settings import get_settings
+from webhooks import _receiver_engine, delivery_store
+from webhooks.delivery_store import DeliveryWriter
+from worker import connections
+from worker.db.models import utcnow
+from worker.db.session import get_engine, transaction
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def writer(request) -> DeliveryWriter:
+    """A DeliveryWriter on the engine the web app would give it, over a migrated database with
+    one connection."""
+    request.getfixturevalue("db" if request.param == "sqlite" else "postgres_db")
+    with transaction() as session:
+        connections.upsert(session, connections.ConnectionSpec(
+            name="acme", repos=("acme/widgets",), webhook_secrets=("s3cret",)))
+    writer = DeliveryWriter(_receiver_engine(get_settings().database_url))
+    yield writer
+    writer.engine.dispose()
+
+
+def _connection_id() -> int:
+    with transaction() as session:
+        return session.execute(text("select id from connections where name = 'acme'")).scalar_one()
+
+
+def _row(connection_id: int, request_uuid: str | None = None) -> dict:
+    return dict(id=uuid.uuid4().hex, connection_id=connection_id,
+                request_uuid=request_uuid or str(uuid.uuid4()), hook_uuid=None,
+                event_key="issue:created", attempt=1, body='{"issue": {}}', status="received",
+                error=None, received_at=utcnow(), issue_key="acme/widgets#1", runs=0)
+
+
+def _stored() -> int:
+    with get_engine().connect() as conn:
+        return conn.execute(text("select count(*) from deliveries")).scalar_one()
+
+
+def _write_concurrently(writer: DeliveryWriter, rows: list[dict], monkeypatch) -> tuple[list, list[int]]:
+    """Write rows[0] alone, and hold its commit until every other row has queued behind it.
+    Returns what each write returned (or raised), in row order, and the size of each group."""
+    real_insert, groups = delivery_store.insert_group, []
+
+    def insert_when_all_queued(engine, group_rows):
+        groups.append(len(group_rows))
+        if len(groups) == 1:
+            deadline = time.monotonic() + 10
+            while len(writer._queued) < len(rows) - 1:
+                assert time.monotonic() < deadline, "the other writes never queued"
+                time.sleep(0.005)
+        return real_insert(engine, group_rows)
+
+    monkeypatch.setattr(delivery_store, "insert_group", insert_when_all_queued)
+    results: list = [None] * len(rows)
+
+    def write(i: int) -> None:
+        try:
+            results[i] = writer.write(rows[i])
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            results[i] = exc
+
+    first = threading.Thread(target=write, args=(0,))
+    first.start()
+    while not groups:
+        time.sleep(0.001)
+    others = [threading.Thread(target=write, args=(i,)) for i in range(1, len(rows))]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join(timeout=30)
+    return results, groups
+
+
+def test_writes_that_arrive_during_a_commit_share_the_next_one(writer, monkeypatch):
+    cid = _connection_id()
+    rows = [_row(cid) for _ in range(8)]
+    results, groups = _write_concurrently(writer, rows, monkeypatch)
+    assert groups == [1, 7]
+    assert results == [(row["id"], True) for row in rows]
+    assert _stored() == 8
+
+
+def test_a_lone_write_commits_at_once(writer):
+    row = _row(_connection_id())
+    assert writer.write(row) == (row["id"], True)
+    assert _stored() == 1
+
+
+def test_duplicates_in_one_group_and_across_groups_store_one_row(writer, monkeypatch):
+    cid = _connection_id()
+    earlier = _row(cid, "dup-a")
+    assert writer.write(earlier) == (earlier["id"], True)
+    rows = [_row(cid), _row(cid, "dup-b"), _row(cid, "dup-b"), _row(cid, "dup-a")]
+    results, groups = _write_concurrently(writer, rows, monkeypatch)
+    assert groups == [1, 3]
+    assert results[0] == (rows[0]["id"], True)
+    assert results[1] == (rows[1]["id"], True)
+    assert results[2] == (rows[1]["id"], False)  # the same delivery, stored once
+    assert results[3] == (earlier["id"], False)
+    assert _stored() == 3
+
+
+def test_a_row_the_database_refuses_fails_only_its_own_request(writer, monkeypatch):
+    cid = _connection_id()
+    rows = [_row(cid), _row(cid), _row(cid + 999), _row(cid)]  # no such connection: FK violation
+    results, groups = _write_concurrently(writer, rows, monkeypatch)
+    assert isinstance(results[2], IntegrityError)
+    assert [results[i] for i in (0, 1, 3)] == [(rows[i]["id"], True) for i in (0, 1, 3)]
+    assert groups == [1, 3, 1, 1, 1]  # the group failed, then its rows went one at a time
+    assert _stored() == 3
+    assert writer.write(_row(cid))[1] is True  # and the writer carries on
