@@ -3,9 +3,9 @@
     .venv/bin/python bench/ingest.py [--seconds 10] [--concurrency 16] [--rounds 2] [--client both]
 
 Needs PostgreSQL and Redis (TEST_POSTGRES_URL / TEST_REDIS_URL, defaults on 127.0.0.1). Both
-endpoints run under the same gunicorn settings, the Procfile's worker and thread counts unless
-BENCH_GUNICORN="--workers N --threads M" says otherwise; rounds alternate bare/real to share the
-machine's drift. The load comes from bench/loadgen.py, on this same machine: by default both of
+endpoints run under production's gunicorn settings (config/gunicorn.conf.py, as the Procfile),
+with other process or thread counts if BENCH_GUNICORN="--workers N --threads M" says so; rounds
+alternate bare/real to share the machine's drift. The load comes from bench/loadgen.py, on this same machine: by default both of
 its clients, a lean raw-socket one (what the servers cost) and httpx2 on threads (what an
 application's client costs too; it flatters the ratio). Every request carries a distinct
 X-Request-UUID and a valid signature; at the end the stored rows and the queued tasks are
@@ -31,15 +31,16 @@ import redis  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 
 from bench import loadgen  # noqa: E402
-from bench.machine import cpu_by_program, machine_cpu, procfile_web  # noqa: E402
+from bench.machine import cpu_by_program, machine_cpu  # noqa: E402
 from webhooks.signatures import sign  # noqa: E402
-from worker.stack import Stack, free_port, wait_http  # noqa: E402
+from worker.stack import Stack  # noqa: E402
 
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 BODY = (ROOT / "tests" / "fixtures" / "webhooks" / "kanboard__bitbucket_issue_opened.json").read_bytes()
 SECRET = "bench-secret"
-GUNICORN = os.environ.get("BENCH_GUNICORN", "--workers {} --threads {}".format(*procfile_web())).split()
+#: Extra gunicorn options for both servers, after config/gunicorn.conf.py (e.g. "--workers 3").
+GUNICORN = os.environ.get("BENCH_GUNICORN", "").split()
 
 
 def load(client: str, url: str, seconds: float, concurrency: int) -> dict:
@@ -91,13 +92,9 @@ def main() -> int:
     try:
         stack.run("db", "upgrade")
         stack.run("connection", "add", "bench", "--repo", "minicoders/test-webhook", "--webhook-secret", SECRET)
-        real = stack.start_web(workers=int(GUNICORN[1]), threads=int(GUNICORN[3])) + "/webhooks/bitbucket/bench"
-        bare_port = free_port()
-        bare = stack._spawn("bare", [str(Path(sys.executable).parent / "gunicorn"), "--bind",
-                                     f"127.0.0.1:{bare_port}", *GUNICORN, "--chdir", str(ROOT / "bench"),
-                                     "bare_app:app"])
-        wait_http(f"http://127.0.0.1:{bare_port}/", proc=bare)
-        bare_url = f"http://127.0.0.1:{bare_port}/webhooks/bitbucket/bench"
+        sizes = dict(zip(("workers", "threads"), _sizes(GUNICORN)))
+        real = stack.start_web(**sizes) + "/webhooks/bitbucket/bench"
+        bare_url = stack.start_web(**sizes, app="bare_app:app", chdir=str(ROOT / "bench")) + "/webhooks/bitbucket/bench"
 
         for client in clients:  # warm-up: connection pools, imports, caches
             load(client, real, 2, args.concurrency)
@@ -118,7 +115,8 @@ def main() -> int:
         queued, distinct = _queued_deliveries(r, queue)
         rows = _count_rows(db_url) - warm
         print(f"ingest benchmark: {args.rounds} round(s) x {args.seconds:.0f} s, "
-              f"{args.concurrency} concurrent connections, gunicorn {' '.join(GUNICORN)}")
+              f"{args.concurrency} concurrent connections, gunicorn config/gunicorn.conf.py "
+              f"({_worker_class(stack, real)} workers) {' '.join(GUNICORN)}")
         for client in clients:
             print(f"client {client}:")
             for name in ("bare", "real"):
@@ -141,6 +139,19 @@ def main() -> int:
         r.delete(queue)
         with psycopg.connect(PG_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+def _sizes(options: list[str]) -> tuple[int | None, int | None]:
+    """--workers and --threads from BENCH_GUNICORN (None: the config file's)."""
+    found = {opt: int(options[i + 1]) for i, opt in enumerate(options[:-1]) if opt in ("--workers", "--threads")}
+    return found.get("--workers"), found.get("--threads")
+
+
+def _worker_class(stack: Stack, url: str) -> str:
+    """The worker class gunicorn says it uses, from the server's log."""
+    log = (stack.log_dir / f"web-{url.rsplit(':', 1)[1].split('/')[0]}.log").read_text(errors="replace")
+    return next((line.rsplit("Using worker: ", 1)[1].strip() for line in log.splitlines()
+                 if "Using worker: " in line), "unknown")
 
 
 def _settle(r: redis.Redis, queue: str, quiet_seconds: float = 1.0) -> int:

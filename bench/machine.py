@@ -1,19 +1,7 @@
-"""What the whole machine spent, for benchmarks that share it with their own load generator;
-and what production runs, so that a benchmark measures that."""
+"""What the whole machine spent, for benchmarks that share it with their own load generator."""
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path
-
-PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
-
-
-def procfile_web() -> tuple[int, int]:
-    """The gunicorn worker and thread counts of the Procfile's `web:` line."""
-    web = next(line for line in PROCFILE.read_text().splitlines() if line.startswith("web:"))
-    return tuple(int(re.search(rf"--{opt}\s+(\d+)", web).group(1)) for opt in ("workers", "threads"))
-
 
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far, all cores (Linux /proc/stat):

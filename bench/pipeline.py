@@ -42,7 +42,7 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 
-from bench.machine import machine_cpu, procfile_web  # noqa: E402
+from bench.machine import machine_cpu  # noqa: E402
 from webhooks.signatures import sign  # noqa: E402
 from worker.stack import Stack  # noqa: E402
 
@@ -298,8 +298,7 @@ def main() -> int:
     try:
         stack.run("db", "upgrade")
         stack.run("connection", "add", "bench", "--repo", WEBHOOK_REPO, "--webhook-secret", SECRET)
-        workers, threads = procfile_web()  # what production runs
-        web = stack.start_web(workers=workers, threads=threads)
+        web = stack.start_web()  # what production runs (config/gunicorn.conf.py)
         sender = Sender(f"{web}/webhooks/bitbucket/bench")
 
         one = two = None

@@ -17,6 +17,8 @@ from typing import IO
 
 import httpx2
 
+GUNICORN_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gunicorn.conf.py"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -66,11 +68,17 @@ class Stack:
         return subprocess.run([_bin("bbsync"), *args], env=self.env, capture_output=True,
                               text=True, check=check, timeout=120)
 
-    def start_web(self, port: int | None = None, workers: int = 2, threads: int = 4) -> str:
+    def start_web(self, port: int | None = None, workers: int | None = None, threads: int | None = None,
+                  app: str = "webhooks:create_app()", chdir: str | None = None) -> str:
+        """gunicorn with the production settings (config/gunicorn.conf.py: gevent workers on
+        PostgreSQL, threads on SQLite), fewer processes or threads if asked."""
         port = port or free_port()
+        sizes = [*(["--workers", str(workers)] if workers else []),
+                 *(["--threads", str(threads)] if threads else []),
+                 *(["--chdir", chdir] if chdir else [])]
         proc = self._spawn(f"web-{port}", [
-            _bin("gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-            "--threads", str(threads), "--graceful-timeout", "5", "webhooks:create_app()"])
+            _bin("gunicorn"), "--config", str(GUNICORN_CONFIG), "--bind", f"127.0.0.1:{port}",
+            "--graceful-timeout", "5", *sizes, app])
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/healthz", proc=proc)
         return url

@@ -1,0 +1,49 @@
+"""The web process's gunicorn settings (config/gunicorn.conf.py) and the Procfile line that uses
+them: gevent on PostgreSQL, threads on SQLite (whose driver would stall every greenlet)."""
+from __future__ import annotations
+
+import re
+import runpy
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "config" / "gunicorn.conf.py"
+
+
+def settings(monkeypatch, **env) -> dict:
+    for name in ("DATABASE_URL", "WEB_CONCURRENCY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(CONF))
+
+
+def test_postgresql_runs_gevent_workers(monkeypatch):
+    conf = settings(monkeypatch, DATABASE_URL="postgresql://bbsync@db/bbsync")
+    assert conf["worker_class"] == "gevent"
+    assert conf["worker_connections"] >= 16
+    assert conf["workers"] == 2
+
+
+@pytest.mark.parametrize("url", [None, "sqlite:///var/bbsync.db"])
+def test_sqlite_runs_threads(monkeypatch, url):
+    conf = settings(monkeypatch, **({"DATABASE_URL": url} if url else {}))
+    assert conf["worker_class"] == "gthread"
+    assert conf["threads"] == 8
+
+
+def test_web_concurrency_sets_the_processes(monkeypatch):
+    assert settings(monkeypatch, WEB_CONCURRENCY="5")["workers"] == 5
+
+
+def test_gevent_is_installed_with_the_project():
+    import gevent  # noqa: F401 - `pip install -e .` must bring what the Procfile's web: runs
+
+
+def test_procfile_web_uses_the_config_and_binds_port():
+    web = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
+    assert "--config config/gunicorn.conf.py" in web
+    assert re.search(r"--bind \S*:\$PORT", web)
+    assert '"webhooks:create_app()"' in web
