@@ -16,7 +16,10 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 
 if os.environ.get("DATABASE_URL", "").startswith("postgresql"):
     worker_class = "gevent"
-    worker_connections = 200
+    # Requests in flight per process; more connections wait in the listen backlog. As many as
+    # the engine's pool holds (10 + 20 overflow, worker/db/session.py), so that no request waits
+    # for a database connection; webhook deliveries share one anyway (webhooks/delivery_store.py).
+    worker_connections = 30
 else:
     worker_class = "gthread"
     threads = 8

@@ -23,8 +23,14 @@ def settings(monkeypatch, **env) -> dict:
 def test_postgresql_runs_gevent_workers(monkeypatch):
     conf = settings(monkeypatch, DATABASE_URL="postgresql://bbsync@db/bbsync")
     assert conf["worker_class"] == "gevent"
-    assert conf["worker_connections"] >= 16
     assert conf["workers"] == 2
+
+
+def test_a_gevent_process_never_has_more_requests_in_flight_than_database_connections(monkeypatch):
+    from worker.db.session import make_engine
+    conf = settings(monkeypatch, DATABASE_URL="postgresql://bbsync@db/bbsync")
+    pool = make_engine("postgresql://bbsync@db/bbsync").pool  # builds the pool; connects to nothing
+    assert 16 <= conf["worker_connections"] <= pool.size() + pool._max_overflow
 
 
 @pytest.mark.parametrize("url", [None, "sqlite:///var/bbsync.db"])
