@@ -150,6 +150,35 @@ def test_concurrent_duplicates_store_one_delivery(running):
     assert len(running.get("/api/tickets", connection=conn).json()["tickets"]) == 1
 
 
+def test_a_burst_of_distinct_and_duplicate_deliveries_is_stored_and_synced_once_each(running):
+    """Concurrent requests share commits in the web process (webhooks/delivery_store.py): each
+    still gets its own answer, duplicates in the same commit included."""
+    conn, secret = running.add_connection(["minicoders/test-webhook"])
+    payload = fixture_json("kanboard__bitbucket_issue_opened")
+    sends = []
+    for issue_id in range(1001, 1025):
+        body = json.dumps({**payload, "issue": {**payload["issue"], "id": issue_id}}).encode()
+        sends += [(body, str(uuid.uuid4()))] * 2  # Bitbucket's retry of the same delivery
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda s: running.deliver(conn, "issue:created", s[0], secret, s[1]), sends))
+    assert {r.status_code for r in responses} == {202}
+    ids = [r.json()["delivery"] for r in responses]
+    assert all(ids[i] == ids[i + 1] for i in range(0, len(ids), 2))  # a duplicate names the first
+    assert len(set(ids)) == 24
+    for delivery in set(ids):
+        assert running.wait_processed(delivery) == "processed"
+    assert running.scalar("select count(*) from deliveries d join connections c on c.id = d.connection_id "
+                          "where c.name = :n", n=conn) == 24
+    assert len(running.get("/api/tickets", connection=conn).json()["tickets"]) == 24
+
+
+def test_the_web_process_runs_the_production_worker_class(running):
+    """config/gunicorn.conf.py, read by the same gunicorn command as the Procfile's: gevent on
+    PostgreSQL, threads on SQLite (whose driver would stall every greenlet of a process)."""
+    logs = "".join(p.read_text(errors="replace") for p in running.stack.log_dir.glob("web-*.log"))
+    assert f"Using worker: {'gevent' if running.kind == 'services' else 'gthread'}" in logs
+
+
 def test_same_comment_redelivered_under_a_new_request_id_is_not_noted_twice(running):
     name = "kanboard__bitbucket_comment_created"
     conn, secret = running.add_connection(["minicoders/test-webhook"])
