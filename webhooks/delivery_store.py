@@ -20,7 +20,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 import psycopg
 from sqlalchemy import Connection, Engine, select, tuple_
@@ -53,9 +53,12 @@ class DeliveryWriter:
     """`write(row)` stores one delivery row and returns (id, True), or (the stored row's id,
     False) when a delivery with the same (connection, X-Request-UUID) already exists."""
 
-    def __init__(self, engine: Engine, max_group: int = MAX_GROUP):
+    def __init__(self, engine: Engine, max_group: int = MAX_GROUP,
+                 insert: Callable[[Engine, list[dict[str, Any]]], list[tuple[str, bool]]] | None = None):
         self.engine = engine
         self._max_group = max_group
+        #: One group's INSERT and commit (insert_group); a test may hand in a wrapper of it.
+        self._insert = insert or insert_group
         self._lock = threading.Lock()
         self._queued: list[_Slot] = []
         self._committing = False
@@ -115,7 +118,7 @@ class DeliveryWriter:
 
     def _insert_retrying(self, rows: list[dict[str, Any]]) -> list[tuple[str, bool]]:
         try:
-            return insert_group(self.engine, rows)
+            return self._insert(self.engine, rows)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
@@ -123,7 +126,7 @@ class DeliveryWriter:
             # SQLAlchemy has discarded the pool's connections by now; the second try gets a new
             # one. Only the exception's type is logged: never SQL parameters or bodies.
             log.warning("webhook.db_reconnect error=%s rows=%d", type(exc.orig).__name__, len(rows))
-            return insert_group(self.engine, rows)
+            return self._insert(self.engine, rows)
 
 
 def insert_group(engine: Engine, rows: list[dict[str, Any]]) -> list[tuple[str, bool]]:

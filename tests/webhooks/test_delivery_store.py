@@ -12,8 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from config.settings import get_settings
-from webhooks import _receiver_engine, delivery_store
-from webhooks.delivery_store import DeliveryWriter
+from webhooks import _receiver_engine
+from webhooks.delivery_store import DeliveryWriter, insert_group
 from worker import connections
 from worker.db.models import utcnow
 from worker.db.session import get_engine, transaction
@@ -49,10 +49,11 @@ def _stored() -> int:
         return conn.execute(text("select count(*) from deliveries")).scalar_one()
 
 
-def _write_concurrently(writer: DeliveryWriter, rows: list[dict], monkeypatch) -> tuple[list, list[int]]:
+def _write_concurrently(engine, rows: list[dict]) -> tuple[list, list[int], DeliveryWriter]:
     """Write rows[0] alone, and hold its commit until every other row has queued behind it.
-    Returns what each write returned (or raised), in row order, and the size of each group."""
-    real_insert, groups = delivery_store.insert_group, []
+    Returns what each write returned (or raised), in row order, the size of each group, and
+    the writer."""
+    groups: list[int] = []
 
     def insert_when_all_queued(engine, group_rows):
         groups.append(len(group_rows))
@@ -61,9 +62,9 @@ def _write_concurrently(writer: DeliveryWriter, rows: list[dict], monkeypatch) -
             while len(writer._queued) < len(rows) - 1:
                 assert time.monotonic() < deadline, "the other writes never queued"
                 time.sleep(0.005)
-        return real_insert(engine, group_rows)
+        return insert_group(engine, group_rows)
 
-    monkeypatch.setattr(delivery_store, "insert_group", insert_when_all_queued)
+    writer = DeliveryWriter(engine, insert=insert_when_all_queued)
     results: list = [None] * len(rows)
 
     def write(i: int) -> None:
@@ -81,13 +82,13 @@ def _write_concurrently(writer: DeliveryWriter, rows: list[dict], monkeypatch) -
         t.start()
     for t in [first, *others]:
         t.join(timeout=30)
-    return results, groups
+    return results, groups, writer
 
 
-def test_writes_that_arrive_during_a_commit_share_the_next_one(writer, monkeypatch):
+def test_writes_that_arrive_during_a_commit_share_the_next_one(writer):
     cid = _connection_id()
     rows = [_row(cid) for _ in range(8)]
-    results, groups = _write_concurrently(writer, rows, monkeypatch)
+    results, groups, writer = _write_concurrently(writer.engine, rows)
     assert groups == [1, 7]
     assert results == [(row["id"], True) for row in rows]
     assert _stored() == 8
@@ -99,12 +100,12 @@ def test_a_lone_write_commits_at_once(writer):
     assert _stored() == 1
 
 
-def test_duplicates_in_one_group_and_across_groups_store_one_row(writer, monkeypatch):
+def test_duplicates_in_one_group_and_across_groups_store_one_row(writer):
     cid = _connection_id()
     earlier = _row(cid, "dup-a")
     assert writer.write(earlier) == (earlier["id"], True)
     rows = [_row(cid), _row(cid, "dup-b"), _row(cid, "dup-b"), _row(cid, "dup-a")]
-    results, groups = _write_concurrently(writer, rows, monkeypatch)
+    results, groups, writer = _write_concurrently(writer.engine, rows)
     assert groups == [1, 3]
     assert results[0] == (rows[0]["id"], True)
     assert results[1] == (rows[1]["id"], True)
@@ -113,10 +114,10 @@ def test_duplicates_in_one_group_and_across_groups_store_one_row(writer, monkeyp
     assert _stored() == 3
 
 
-def test_a_row_the_database_refuses_fails_only_its_own_request(writer, monkeypatch):
+def test_a_row_the_database_refuses_fails_only_its_own_request(writer):
     cid = _connection_id()
     rows = [_row(cid), _row(cid), _row(cid + 999), _row(cid)]  # no such connection: FK violation
-    results, groups = _write_concurrently(writer, rows, monkeypatch)
+    results, groups, writer = _write_concurrently(writer.engine, rows)
     assert isinstance(results[2], IntegrityError)
     assert [results[i] for i in (0, 1, 3)] == [(rows[i]["id"], True) for i in (0, 1, 3)]
     assert groups == [1, 3, 1, 1, 1]  # the group failed, then its rows went one at a time

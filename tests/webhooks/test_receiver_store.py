@@ -10,7 +10,8 @@ from sqlalchemy.exc import OperationalError
 
 from tests.conftest import load_fixture
 from tests.webhooks.conftest import PG_URL
-from webhooks import create_app, delivery_store
+from webhooks import create_app
+from webhooks.delivery_store import DeliveryWriter, insert_group
 from webhooks.signatures import sign
 from worker import connections
 from worker.db.session import transaction
@@ -29,6 +30,13 @@ def _app():
     queued: list = []
     app = create_app(enqueue=lambda task, arg: queued.append((task, arg)) or True)
     return app, queued
+
+
+def _insert_with(app, insert) -> None:
+    """The app's delivery writer, with `insert` (which wraps or replaces insert_group) for its
+    commits: how these tests make a commit's answer get lost, or fail."""
+    state = app.extensions["bbsync"]
+    state.deliveries = DeliveryWriter(state.deliveries.engine, insert=insert)
 
 
 def _deliver(client):
@@ -50,19 +58,19 @@ def _dropped(statement: str) -> OperationalError:
                             connection_invalidated=True)
 
 
-def test_a_commit_that_landed_before_the_connection_died_is_still_queued_once(db, monkeypatch, caplog):
+def test_a_commit_that_landed_before_the_connection_died_is_still_queued_once(db, caplog):
     _add_connection()
     app, queued = _app()
-    real_insert, tries = delivery_store.insert_group, []
+    tries = []
 
     def insert_then_lose_the_answer(engine, rows):
         tries.extend(row["id"] for row in rows)
-        result = real_insert(engine, rows)
+        result = insert_group(engine, rows)
         if len(tries) == 1:
             raise _dropped("COMMIT")
         return result
 
-    monkeypatch.setattr(delivery_store, "insert_group", insert_then_lose_the_answer)
+    _insert_with(app, insert_then_lose_the_answer)
     with caplog.at_level(logging.WARNING, "bbsync.webhooks"):
         r = _deliver(app.test_client())
     assert r.status_code == 202, r.json
@@ -75,7 +83,7 @@ def test_a_commit_that_landed_before_the_connection_died_is_still_queued_once(db
         assert session.execute(text("select count(*) from deliveries")).scalar() == 1
 
 
-def test_an_error_that_is_not_a_dropped_connection_is_not_retried(db, monkeypatch):
+def test_an_error_that_is_not_a_dropped_connection_is_not_retried(db):
     _add_connection()
     app, _queued = _app()
     tries = []
@@ -84,7 +92,7 @@ def test_an_error_that_is_not_a_dropped_connection_is_not_retried(db, monkeypatc
         tries.extend(row["id"] for row in rows)
         raise OperationalError("INSERT", {}, Exception("disk full"))
 
-    monkeypatch.setattr(delivery_store, "insert_group", failing_insert)
+    _insert_with(app, failing_insert)
     r = _deliver(app.test_client())
     assert r.status_code == 500
     assert len(tries) == 1
