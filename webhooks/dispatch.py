@@ -9,9 +9,9 @@ requeue`, or any worker starting) enqueues them.
 
 The thread publishes in batches, at most one every BATCH_INTERVAL_SECONDS: a job that arrives
 while the thread is idle goes out at once, and under load the jobs that pile up meanwhile go out
-together. A publish has a large fixed cost (a producer, a Redis client, a round trip) and this
-thread competes with the request threads for the GIL, so fewer, larger publishes leave more of
-the process to the requests; the price is up to that interval of delay before a task starts.
+together. A publish has a fixed cost (a round trip, a pipeline, and on brokers other than Redis
+a pooled producer) and this thread competes with the requests for the process, so fewer, larger
+publishes leave more of it to the requests; the price is up to that interval of delay before a task starts.
 """
 from __future__ import annotations
 

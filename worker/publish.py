@@ -2,17 +2,20 @@
 into a batch and hands it here.
 
 A run of delivery jobs becomes one `process_deliveries` message (see worker.tasks): per
-request, a message costs the web process more CPU than anything else it does. Each message is
-still built by Celery's `send_task` (a stock `celery worker` consumes it); what a batch shares is
-one pooled producer and, where the transport can (Redis), one pipeline for all
-the pushes instead of a round trip and a new client per message. Other transports (AMQP, the
-embedded filesystem broker) publish each message at once over the same producer.
+request, a message costs the web process more CPU than anything else it does. On a plain Redis
+broker the batch's messages go out as one pipeline of LPUSHes from a client kept for the
+process's life (worker.redis_queue): the messages kombu would push, for less than half the CPU.
+Other brokers (AMQP, the embedded filesystem broker) get each message from Celery's `send_task`
+over one pooled producer, published at once.
 """
 from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
+from functools import lru_cache
 from typing import TYPE_CHECKING, Sequence
+
+from worker import redis_queue
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -67,6 +70,14 @@ def publish_many(jobs: Sequence[Job], app: Celery | None = None) -> int:
 
     if not jobs:
         return 0
+    queue = _redis_queue(app)
+    if queue is not None:
+        try:
+            queue.push([(name, args) for name, args, _covered in messages(jobs)])
+            return len(jobs)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not surely queued"
+            log.warning("enqueue_failed jobs=%d queued=0 error=%s", len(jobs), exc.__class__.__name__)
+            return 0
     sent = 0
     batched = False
     try:
@@ -84,3 +95,9 @@ def publish_many(jobs: Sequence[Job], app: Celery | None = None) -> int:
         done = 0 if batched else sent
         log.warning("enqueue_failed jobs=%d queued=%d error=%s", len(jobs), done, exc.__class__.__name__)
         return done
+
+
+@lru_cache(maxsize=8)
+def _redis_queue(app: Celery) -> redis_queue.RedisTaskQueue | None:
+    """The app's direct Redis publisher, made once (with its client), or None for other brokers."""
+    return redis_queue.RedisTaskQueue(app) if redis_queue.supports(app) else None
