@@ -123,3 +123,66 @@ def test_a_row_the_database_refuses_fails_only_its_own_request(writer):
     assert groups == [1, 3, 1, 1, 1]  # the group failed, then its rows went one at a time
     assert _stored() == 3
     assert writer.write(_row(cid))[1] is True  # and the writer carries on
+
+
+GEVENT_BURST = """
+from gevent import monkey; monkey.patch_all()
+import json, gevent
+from webhooks.delivery_store import DeliveryWriter
+groups = []
+def insert(engine, rows):
+    groups.append(len(rows))
+    gevent.sleep(0.01)  # the round trip: psycopg yields to other greenlets here
+    return [(row["id"], True) for row in rows]
+writer = DeliveryWriter(None, insert=insert)
+requests = [gevent.spawn(writer.write, {"id": f"d{i}"}) for i in range(8)]
+gevent.joinall(requests, raise_error=True)
+print(json.dumps({"groups": groups, "results": [r.value for r in requests]}))
+"""
+
+
+def test_under_gevent_requests_already_running_join_the_first_commit():
+    # gunicorn's gevent workers: eight requests ready at once. The first to reach the writer
+    # steps aside once before it commits, so the other seven queue and share its commit
+    # instead of waiting for a second one ([1, 7] without that step).
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = subprocess.run([sys.executable, "-c", GEVENT_BURST], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).resolve().parents[2], check=True)
+    seen = json.loads(out.stdout)
+    assert seen["groups"] == [8]
+    assert seen["results"] == [[f"d{i}", True] for i in range(8)]
+
+
+def test_the_insert_is_prepared_at_its_first_run_unless_preparing_is_off(postgres_db):
+    from sqlalchemy import create_engine
+    with transaction() as session:
+        connections.upsert(session, connections.ConnectionSpec(
+            name="acme", repos=("acme/widgets",), webhook_secrets=("s3cret",)))
+    cid = _connection_id()
+
+    def writes_and_prepared(connect_args: dict, writes: int) -> int:
+        """How many INSERTs the writer's one connection holds prepared after `writes` writes."""
+        engine = create_engine(get_settings().database_url, isolation_level="AUTOCOMMIT",
+                               pool_size=1, max_overflow=0, connect_args=connect_args)
+        writer = DeliveryWriter(engine)
+        try:
+            for _ in range(writes):
+                assert writer.write(_row(cid))[1] is True
+            raw = engine.raw_connection()
+            try:
+                return raw.driver_connection.execute(
+                    "select count(*) from pg_prepared_statements "
+                    "where statement like 'INSERT INTO deliveries%'").fetchone()[0]
+            finally:
+                raw.close()
+        finally:
+            engine.dispose()
+
+    assert writes_and_prepared({}, 1) == 1
+    # Behind PgBouncer's transaction pooling a session's prepared statements may be gone by the
+    # next transaction: there preparing is switched off, and the writer leaves it off, even
+    # past psycopg's usual threshold of 5 runs.
+    assert writes_and_prepared({"prepare_threshold": None}, 6) == 0
