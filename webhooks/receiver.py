@@ -6,9 +6,11 @@ No remote call happens here and no sync work: Bitbucket waits only 10 s and retr
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+import re
 import uuid
+
+import orjson
 
 from flask import Blueprint, current_app, jsonify, request
 
@@ -20,16 +22,17 @@ from worker.engine.events import ISSUE_EVENTS, issue_key, quick_check
 log = logging.getLogger("bbsync.webhooks")
 bp = Blueprint("receiver", __name__)
 
-UUID_CHARS = set("0123456789abcdefABCDEF-{}")
+#: A UUID as Bitbucket writes it in a header, braces and all; anything else is not an id.
+UUID_HEADER = re.compile(r"\{?[0-9a-fA-F-]{1,62}\}?")
 
 
 def error(status: int, message: str):
     return jsonify({"error": message}), status
 
 
-def _header_id(name: str) -> str | None:
-    value = request.headers.get(name)
-    if value and len(value) <= 64 and set(value) <= UUID_CHARS:
+def _header_id(environ: dict, key: str) -> str | None:
+    value = environ.get(key)
+    if value and UUID_HEADER.fullmatch(value):
         return value.strip("{}").lower()
     return None
 
@@ -48,28 +51,35 @@ def receive(name: str):
     conn = ext.directory.get(name)
     if conn is None:
         return error(404, f"unknown connection {name!r}")
-    signature = request.headers.get("X-Hub-Signature")
+    # Headers straight from the WSGI environ: on this path, each request.headers lookup cost
+    # more than the HMAC (a proxy, a header-name translation, a dict view per call).
+    environ = request.environ
+    signature = environ.get("HTTP_X_HUB_SIGNATURE")
     if not signatures.verify(signature, body, conn.secrets):
         fresh = ext.directory.reload_if_due(conn)
         if fresh is None or not signatures.verify(signature, body, fresh.secrets):
             log.warning("webhook.signature_invalid connection=%s present=%s", name, bool(signature))
             return error(401, "missing or invalid X-Hub-Signature")
 
-    event_key = request.headers.get("X-Event-Key", "").strip()
+    event_key = environ.get("HTTP_X_EVENT_KEY", "").strip()
     if not event_key or len(event_key) > 64:
         return error(400, "missing X-Event-Key header")
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        # orjson: about a third of the stdlib's CPU on a 4 KB payload, and stricter where the
+        # stdlib would let trouble through to the worker: a lone surrogate (which PostgreSQL
+        # cannot store), NaN, a byte-order mark, nesting past 1024 levels.
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
         return error(400, "body is not valid JSON")
     problem = quick_check(event_key, payload)
     if problem:
         return error(400, f"malformed {event_key} payload: {problem}")
 
     # Bitbucket always sends X-Request-UUID; without one, the body's hash still de-duplicates.
-    request_uuid = _header_id("X-Request-UUID") or "sha256:" + hashlib.sha256(body).hexdigest()[:56]
+    request_uuid = (_header_id(environ, "HTTP_X_REQUEST_UUID")
+                    or "sha256:" + hashlib.sha256(body).hexdigest()[:56])
     ignored = event_key not in ISSUE_EVENTS
-    delivery_id, fresh_row = _store(ext, conn.id, request_uuid, event_key, body, ignored,
+    delivery_id, fresh_row = _store(ext, environ, conn.id, request_uuid, event_key, body, ignored,
                                     issue_key(payload))
     if fresh_row and not ignored:
         ext.dispatcher.submit("process_delivery", delivery_id)  # after commit: the task must find its row
@@ -81,7 +91,7 @@ def receive(name: str):
                                       mimetype="application/json")
 
 
-def _store(ext, connection_id: int, request_uuid: str, event_key: str, body: bytes,
+def _store(ext, environ: dict, connection_id: int, request_uuid: str, event_key: str, body: bytes,
            ignored: bool, key: str | None) -> tuple[str, bool]:
     """Insert the delivery and commit. Returns (id, True) or, for a duplicate, (existing id, False).
 
@@ -91,7 +101,8 @@ def _store(ext, connection_id: int, request_uuid: str, event_key: str, body: byt
     """
     row = dict(
         id=uuid.uuid4().hex, connection_id=connection_id, request_uuid=request_uuid,
-        hook_uuid=_header_id("X-Hook-UUID"), event_key=event_key, attempt=_attempt(),
+        hook_uuid=_header_id(environ, "HTTP_X_HOOK_UUID"), event_key=event_key,
+        attempt=_attempt(environ.get("HTTP_X_ATTEMPT_NUMBER")),
         body=body.decode("utf-8"), status="ignored" if ignored else "received",
         error=f"event {event_key} is not synced" if ignored else None, received_at=utcnow(),
         issue_key=key, runs=0,
@@ -108,8 +119,10 @@ def _store(ext, connection_id: int, request_uuid: str, event_key: str, body: byt
     return delivery_id, fresh
 
 
-def _attempt() -> int:
+def _attempt(header: str | None) -> int:
+    if header is None:
+        return 1
     try:
-        return max(1, min(int(request.headers.get("X-Attempt-Number", "1")), 100))
+        return max(1, min(int(header), 100))
     except ValueError:
         return 1
