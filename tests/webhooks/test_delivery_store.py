@@ -186,3 +186,9 @@ def test_the_insert_is_prepared_at_its_first_run_unless_preparing_is_off(postgre
     # next transaction: there preparing is switched off, and the writer leaves it off, even
     # past psycopg's usual threshold of 5 runs.
     assert writes_and_prepared({"prepare_threshold": None}, 6) == 0
+
+
+def test_on_threads_the_committer_does_not_step_aside(writer):
+    # time.sleep(0) on a thread waits out the kernel's timer slack (tens of microseconds) and
+    # gains nothing: requests queue while the committer waits on the database anyway.
+    assert writer._step_aside is None
