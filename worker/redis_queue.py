@@ -81,6 +81,3 @@ class RedisTaskQueue:
                 "delivery_tag": str(uuid.uuid4()),
             },
         })
-
-    def close(self) -> None:
-        self._client.close()

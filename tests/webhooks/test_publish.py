@@ -1,53 +1,19 @@
 """Batch publishing of Celery task messages: one Redis pipeline per batch, stock messages, and an
-honest count of what is surely queued when the broker fails."""
+honest count of what is surely queued when the broker fails. (Redis and Celery helpers: conftest.py.)"""
 from __future__ import annotations
 
 import base64
 import json
-import os
-import uuid
 
-import pytest
 import redis
-from celery import Celery
 
-from config.settings import load
-from worker.celery_app import celery_config
+from tests.webhooks.conftest import celery_for, queued
 from worker.publish import publish_many
-
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def celery_for(env: dict) -> Celery:
-    app = Celery("bbsync-test", set_as_current=False)
-    app.conf.update(celery_config(load(env)))
-    return app
-
-
-@pytest.fixture
-def redis_app(tmp_path):
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError:
-        if IN_CI:
-            pytest.fail(f"CI=true: Redis not answering at {REDIS_URL}", pytrace=False)
-        pytest.skip(f"Redis not answering at {REDIS_URL}")
-    queue = f"bbsync-test-{uuid.uuid4().hex[:8]}"
-    app = celery_for({"REDIS_URL": REDIS_URL, "BBSYNC_QUEUE": queue, "BBSYNC_VAR_DIR": str(tmp_path)})
-    yield app, client, queue
-    client.delete(queue)
-
-
-def queued(client: redis.Redis, queue: str) -> list[dict]:
-    """The queue's messages, oldest first (kombu LPUSHes, a worker BRPOPs)."""
-    return [json.loads(raw) for raw in reversed(client.lrange(queue, 0, -1))]
 
 
 def test_a_batch_is_one_redis_pipeline_of_stock_celery_messages(redis_app, monkeypatch):
     app, client, queue = redis_app
-    assert publish_many([("process_delivery", "first")], app=app) == 1  # declares the queue, once
+    assert publish_many([("process_delivery", "first")], app=app) == 1
     client.delete(queue)
     executes = []
     original = redis.client.Pipeline.execute

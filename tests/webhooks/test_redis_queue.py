@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.webhooks.test_publish import celery_for, queued, redis_app  # noqa: F401 - fixture
+from tests.webhooks.conftest import celery_for, queued
 from worker import redis_queue
 from worker.publish import publish_many
 
