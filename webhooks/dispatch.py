@@ -11,7 +11,8 @@ The thread publishes in batches, at most one every BATCH_INTERVAL_SECONDS: a job
 while the thread is idle goes out at once, and under load the jobs that pile up meanwhile go out
 together. A publish has a fixed cost (a round trip, a pipeline, and on brokers other than Redis
 a pooled producer) and this thread competes with the requests for the process, so fewer, larger
-publishes leave more of it to the requests; the price is up to that interval of delay before a task starts.
+publishes leave more of it to the requests; the price is up to that interval of delay before a
+task starts.
 """
 from __future__ import annotations
 

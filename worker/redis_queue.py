@@ -12,7 +12,8 @@ tests/webhooks/test_redis_queue.py holds the two side by side, field by field, s
 upgrade of Celery or kombu that changes the envelope fails there rather than in production.
 
 Only for the plain layout: a `redis://` or `rediss://` broker, no key prefix, no priority
-steps, no queue expiry. Anything else goes through `send_task` (worker.publish).
+steps, and the default queue (no `task_queues` or `task_routes`, so no queue options such as an
+expiry). Anything else goes through `send_task` (worker.publish).
 """
 from __future__ import annotations
 
