@@ -3,8 +3,8 @@ into a batch and hands it here.
 
 A run of delivery jobs becomes one `process_deliveries` message (see worker.tasks): per
 request, a message costs the web process more CPU than anything else it does. On a plain Redis
-broker the batch's messages go out as one pipeline of LPUSHes from a client kept for the
-process's life (worker.redis_queue): the messages kombu would push, for less than half the CPU.
+broker the batch's messages go out as one LPUSH from a client kept for the process's life
+(worker.redis_queue): the messages kombu would push, for less than half the CPU.
 Other brokers (AMQP, the embedded filesystem broker) get each message from Celery's `send_task`
 over one pooled producer, published at once.
 """
@@ -61,9 +61,9 @@ def publish_many(jobs: Sequence[Job], app: Celery | None = None) -> int:
     """Publish task(arg) for each job, in order, on `app` (default: ours). Returns how many
     jobs, from the first, are surely queued; the caller keeps the rest and tries them again.
 
-    A failed Redis pipeline may have pushed some of its messages before failing: they count as
-    not queued and are sent again. A second message for the same id is harmless (a task finds
-    finished work done); a missing one would leave a delivery waiting for the sweeper.
+    A Redis LPUSH whose answer was lost may have queued its messages: they count as not queued
+    and are sent again. A second message for the same id is harmless (a task finds finished
+    work done); a missing one would leave a delivery waiting for the sweeper.
     """
     if app is None:
         from worker.celery_app import app

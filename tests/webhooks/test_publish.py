@@ -1,4 +1,4 @@
-"""Batch publishing of Celery task messages: one Redis pipeline per batch, stock messages, and an
+"""Batch publishing of Celery task messages: one Redis LPUSH per batch, stock messages, and an
 honest count of what is surely queued when the broker fails. (Redis and Celery helpers: conftest.py.)"""
 from __future__ import annotations
 
@@ -11,22 +11,22 @@ from tests.webhooks.conftest import celery_for, queued
 from worker.publish import publish_many
 
 
-def test_a_batch_is_one_redis_pipeline_of_stock_celery_messages(redis_app, monkeypatch):
+def test_a_batch_is_one_redis_command_of_stock_celery_messages(redis_app, monkeypatch):
     app, client, queue = redis_app
     assert publish_many([("process_delivery", "first")], app=app) == 1
     client.delete(queue)
-    executes = []
-    original = redis.client.Pipeline.execute
+    commands = []
+    original = redis.Redis.execute_command
 
-    def counting_execute(self, *args, **kwargs):
-        executes.append(len(self.command_stack))
-        return original(self, *args, **kwargs)
+    def counting(self, *args, **options):
+        commands.append(args[:2] + (len(args) - 2,))
+        return original(self, *args, **options)
 
-    monkeypatch.setattr(redis.client.Pipeline, "execute", counting_execute)
+    monkeypatch.setattr(redis.Redis, "execute_command", counting)
     jobs = ([("process_delivery", "lone"), ("push_link", 3)] + [("process_delivery", f"d{i}") for i in range(5)]
             + [("push_link", 7)])
     assert publish_many(jobs, app=app) == 8
-    assert executes == [4]  # one round trip for the four messages
+    assert commands == [("LPUSH", queue, 4)]  # one round trip for the four messages
 
     messages = queued(client, queue)
     # A run of deliveries travels as one message; a lone one as the usual single task.
@@ -48,17 +48,17 @@ def test_a_long_run_of_deliveries_is_split_so_that_a_burst_spreads_over_the_work
     assert [i for _name, args, _ in out[:2] for i in args[0]] + out[2][1] == [arg for _task, arg in jobs]
 
 
-def test_a_failed_pipeline_counts_nothing_as_queued(redis_app, monkeypatch):
+def test_a_failed_push_counts_nothing_as_queued(redis_app, monkeypatch):
     app, client, queue = redis_app
 
-    def broken_execute(self, *args, **kwargs):
+    def broken(self, *args, **options):
         raise redis.exceptions.ConnectionError("the broker went away")
 
-    monkeypatch.setattr(redis.client.Pipeline, "execute", broken_execute)
+    monkeypatch.setattr(redis.Redis, "execute_command", broken)
     assert publish_many([("process_delivery", f"d{i}") for i in range(4)], app=app) == 0
     monkeypatch.undo()
     assert client.llen(queue) == 0
-    assert publish_many([("process_delivery", "again")], app=app) == 1  # the pooled producer still works
+    assert publish_many([("process_delivery", "again")], app=app) == 1  # the kept client still works
     assert client.llen(queue) == 1
 
 

@@ -3,6 +3,7 @@ SQLite): the delivery's ids and attempt number, and the JSON it refuses."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 
 import pytest
@@ -78,4 +79,50 @@ def test_json_the_worker_could_not_apply_is_refused_at_the_door(client, body):
     r = _post(client, body)
     assert r.status_code == 400
     assert r.get_json() == {"error": "body is not valid JSON"}
+    assert _stored() == []
+
+
+class _Input(io.BytesIO):
+    """A WSGI input that records how much was asked of it: a read past the body would block on
+    a real socket until the client gave up."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.asked: list[int] = []
+
+    def read(self, size: int = -1) -> bytes:
+        self.asked.append(size)
+        return super().read(size)
+
+
+@pytest.mark.parametrize("environ, data, expected, asked", [
+    # A server that ends the input itself (gunicorn): read up to one byte past the limit.
+    ({"CONTENT_LENGTH": "5", "wsgi.input_terminated": True}, b"hello", b"hello", [11]),
+    ({"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True}, b"x" * 10, b"x" * 10, [11]),
+    ({"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True}, b"x" * 11, None, [11]),
+    # Otherwise Content-Length bounds the read, even when more bytes follow on the connection.
+    ({"CONTENT_LENGTH": "3"}, b"hello", b"hel", [3]),
+    ({"CONTENT_LENGTH": " 4 "}, b"hello", b"hell", [4]),
+    # Over the limit by its own declaration: nothing is read.
+    ({"CONTENT_LENGTH": "11", "wsgi.input_terminated": True}, b"x" * 11, None, []),
+    ({"CONTENT_LENGTH": "99999999999999999999"}, b"x", None, []),
+    # No length and an input the server does not end, or a length that is not one: no body.
+    ({}, b"hello", b"", []),
+    ({"HTTP_TRANSFER_ENCODING": "chunked"}, b"hello", b"", []),
+    ({"CONTENT_LENGTH": "-5"}, b"hello", b"", [0]),
+    ({"CONTENT_LENGTH": "1_0"}, b"hello", b"", [0]),
+    ({"CONTENT_LENGTH": "\u0665"}, b"hello", b"", [0]),  # a digit, but not an ASCII one
+])
+def test_the_body_is_read_as_werkzeug_reads_it_and_never_past_its_end(environ, data, expected, asked):
+    from webhooks.receiver import _read_body
+    stream = _Input(data)
+    assert _read_body({**environ, "wsgi.input": stream}, limit=10) == expected
+    assert stream.asked == asked
+
+
+def test_a_declared_length_over_the_limit_is_413_and_stores_nothing(client):
+    r = client.post("/webhooks/bitbucket/acme", data=BODY, headers={
+        "X-Event-Key": "issue:created", "X-Hub-Signature": sign(SECRET, BODY)},
+        environ_overrides={"CONTENT_LENGTH": str(2 * 1024 * 1024)})
+    assert r.status_code == 413 and "limit" in r.get_json()["error"]
     assert _stored() == []

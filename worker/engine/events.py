@@ -95,21 +95,20 @@ def _issue_fields(issue: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _comment(raw: Any) -> Comment | None:
-    """A comment with a message; Bitbucket's change records have `content.raw` null."""
+def _comment_body(raw: Any) -> str | None:
+    """The message of a payload's comment; None for a change record (`content.raw` null) or
+    anything that is not a comment."""
     if not isinstance(raw, dict):
         return None
     content = raw.get("content")
     body = content.get("raw") if isinstance(content, dict) else None
-    if not isinstance(body, str) or not body.strip():
-        return None
-    if not _is_int(raw.get("id")):
-        raise MalformedEvent("comment.id must be an integer")
-    return Comment(id=raw["id"], body=body, author=display_name(raw.get("user")),
-                   created_at=parse_time(raw.get("created_on")))
+    return body if isinstance(body, str) and body.strip() else None
 
 
-def normalize(event_key: str, payload: Mapping[str, Any]) -> IssueEvent:
+def _checked(event_key: str, payload: Any) -> tuple[dict, str]:
+    """The issue object and repository name of a payload that normalize can turn into an event;
+    MalformedEvent, with the reason, for one it cannot. Every reason to refuse a payload is
+    here, so that the receiver's quick_check refuses exactly what normalize would."""
     if event_key not in ISSUE_EVENTS:
         raise MalformedEvent(f"event {event_key!r} is not an issue event")
     if not isinstance(payload, dict):
@@ -123,15 +122,31 @@ def normalize(event_key: str, payload: Mapping[str, Any]) -> IssueEvent:
     full_name = repo.get("full_name") if isinstance(repo, dict) else None
     if not isinstance(full_name, str) or "/" not in full_name:
         raise MalformedEvent("repository.full_name is missing")
+    comment = payload.get("comment")
+    has_body = _comment_body(comment) is not None
+    if has_body and not _is_int(comment.get("id")):
+        raise MalformedEvent("comment.id must be an integer")
+    if event_key == "issue:comment_created" and not has_body:
+        raise MalformedEvent("issue:comment_created without a comment body")
+    return issue, full_name
+
+
+def _comment(raw: Any) -> Comment | None:
+    """A comment with a message (checked by _checked); Bitbucket's change records have
+    `content.raw` null."""
+    body = _comment_body(raw)
+    if body is None:
+        return None
+    return Comment(id=raw["id"], body=body, author=display_name(raw.get("user")),
+                   created_at=parse_time(raw.get("created_on")))
+
+
+def normalize(event_key: str, payload: Mapping[str, Any]) -> IssueEvent:
+    issue, full_name = _checked(event_key, payload)
     links = issue.get("links") if isinstance(issue.get("links"), dict) else {}
     html = links.get("html") if isinstance(links.get("html"), dict) else {}
     changes = payload.get("changes") if isinstance(payload.get("changes"), dict) else {}
     actor = payload.get("actor")
-
-    comment = _comment(payload.get("comment"))
-    if event_key == "issue:comment_created" and comment is None:
-        raise MalformedEvent("issue:comment_created without a comment body")
-
     return IssueEvent(
         key=event_key,
         issue=IssueSnapshot(
@@ -144,7 +159,7 @@ def normalize(event_key: str, payload: Mapping[str, Any]) -> IssueEvent:
         ),
         actor=display_name(actor),
         actor_uuid=actor.get("uuid") if isinstance(actor, dict) and isinstance(actor.get("uuid"), str) else None,
-        comment=comment,
+        comment=_comment(payload.get("comment")),
         change_hints=frozenset(k for k in changes if isinstance(k, str)),
     )
 
@@ -156,7 +171,9 @@ def quick_check(event_key: str, payload: Any) -> str | None:
     if event_key not in ISSUE_EVENTS:
         return None  # not ours to judge; recorded as ignored
     try:
-        normalize(event_key, payload)
+        # The checks alone: building the event (times parsed, names picked, three frozen
+        # dataclasses) was most of this check's cost, and the worker builds it anyway.
+        _checked(event_key, payload)
     except MalformedEvent as exc:
         return str(exc)
     return None
