@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 
 import pytest
 
@@ -33,6 +34,9 @@ def _flatten(message: dict) -> dict:
     ("bbsync.process_delivery", ["0f" * 16]),
     ("bbsync.process_deliveries", [["a" * 32, "b" * 32]]),
     ("bbsync.push_link", [7]),
+    # Not our tasks' args, but the message must still be Celery's: saferepr writes these its way.
+    ("bbsync.process_deliveries", [["it's", 'a "quote"', "back\\slash"]]),
+    ("bbsync.process_deliveries", [[[1, [2]]], 1.5]),
 ])
 def test_a_pushed_message_is_the_one_send_task_would_queue(redis_app, name, args):
     app, client, queue = redis_app
@@ -51,6 +55,26 @@ def test_a_pushed_message_is_the_one_send_task_would_queue(redis_app, name, args
     assert ours["headers", "id"] == ours["headers", "root_id"] == ours["properties", "correlation_id"]
     assert ours["headers", "id"] != by_celery["headers", "id"]
     assert ours["body"][0] == args
+
+
+def test_messages_from_one_template_differ_only_in_ids_and_args_and_name_their_thread(redis_app):
+    app, client, queue = redis_app
+    pusher = redis_queue.RedisTaskQueue(app)
+    name = "bbsync.process_deliveries"
+    pusher.push([(name, [["a" * 32]]), (name, [["b" * 32, "c" * 32]])])
+    elsewhere = threading.Thread(target=pusher.push, args=([(name, [["d" * 32]])],))
+    elsewhere.start()
+    elsewhere.join()
+    first, second, third = (_flatten(m) for m in queued(client, queue))
+
+    assert [m["body"][0] for m in (first, second, third)] == [[["a" * 32]], [["b" * 32, "c" * 32]], [["d" * 32]]]
+    assert second["headers", "argsrepr"] == repr([["b" * 32, "c" * 32]])
+    assert len({m["headers", "id"] for m in (first, second, third)}) == 3
+    varying = FRESH | {"body", ("headers", "argsrepr")}
+    assert {k: v for k, v in first.items() if k not in varying} == \
+           {k: v for k, v in second.items() if k not in varying}
+    # Celery names the publishing thread in reply_to; another thread's message names its own.
+    assert first["properties", "reply_to"] == app.thread_oid != third["properties", "reply_to"]
 
 
 def test_only_a_plain_redis_broker_is_published_to_directly(tmp_path):
