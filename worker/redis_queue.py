@@ -21,7 +21,6 @@ import base64
 import json
 import os
 import re
-import threading
 import uuid
 from typing import TYPE_CHECKING, Sequence
 
@@ -37,8 +36,8 @@ if TYPE_CHECKING:
 #: (task name, args) for one message.
 Message = tuple[str, list]
 
-#: A repr that saferepr writes the same way: numbers and quote-free strings, at most two levels
-#: of lists (task_repr_maxlevels is 3).
+#: A repr that saferepr writes the same way: numbers and quote-free strings in at most two
+#: levels of lists (while task_repr_maxlevels is 2 or more; Celery's default is 3).
 _PLAIN = re.compile(r"\[(\[[\w' ,:-]*\]|[\w' ,:-])*\]")
 
 
@@ -59,7 +58,7 @@ class RedisTaskQueue:
         conf = app.conf
         self._app = app
         self._queue = conf.task_default_queue
-        self._templates: dict[tuple[str, int, int], tuple[dict, dict, tuple]] = {}
+        self._templates: dict[tuple[str, int, str], tuple[dict, dict, tuple]] = {}
         timeout = conf.broker_connection_timeout
         # No retries inside redis-py: the caller keeps what failed and tries again later.
         self._client = redis.Redis.from_url(conf.broker_url, socket_connect_timeout=timeout,
@@ -98,18 +97,20 @@ class RedisTaskQueue:
         and thread (the origin names the process, reply_to the thread); a message differs from
         it only in its ids and its args. Building them afresh cost more than the rest of the
         message together."""
-        key = (name, os.getpid(), threading.get_ident())
+        reply_to = self._app.thread_oid  # Celery's id for this thread, kept in a thread-local
+        key = (name, os.getpid(), reply_to)
         made = self._templates.get(key)
         if made is None:
             headers, properties, body, _sent_event = self._app.amqp.as_task_v2(
-                "", name, args=[], kwargs={}, reply_to=self._app.thread_oid, ignore_result=None)
+                "", name, args=[], kwargs={}, reply_to=reply_to, ignore_result=None)
             made = self._templates[key] = (headers, properties, body)
         return made
 
     def _argsrepr(self, args: list) -> str:
         """Celery's argsrepr for args. For the ids and numbers that are our tasks' args, and
         within the length Celery would cut, that is repr(args), for a tenth of saferepr's CPU."""
+        maxsize, maxlevels = self._app.amqp.argsrepr_maxsize, self._app.conf.task_repr_maxlevels
         text = repr(args)
-        if len(text) <= self._app.amqp.argsrepr_maxsize and _PLAIN.fullmatch(text):
+        if len(text) <= maxsize and maxlevels >= 2 and _PLAIN.fullmatch(text):
             return text
-        return saferepr(args, self._app.amqp.argsrepr_maxsize, maxlevels=self._app.conf.task_repr_maxlevels)
+        return saferepr(args, maxsize, maxlevels=maxlevels)

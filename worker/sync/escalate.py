@@ -64,10 +64,15 @@ def escalate(req: Request, client_factory=client_for, wait_seconds: float = 30.0
     client = client_factory(conn_id)
     try:
         return _run(esc_id, conn_id, conn_name, req, client)
-    except BitbucketError as exc:
+    except Exception as exc:
+        # Give the claim back, so that a retry (or a caller waiting on this one) resumes now
+        # rather than when the claim expires. Bitbucket's errors say what went wrong; others
+        # only name their type (a database error's text carries SQL and values).
         with transaction() as session:
             esc = session.get(Escalation, esc_id)
-            esc.error, esc.claimed_until = f"{exc.__class__.__name__}: {exc}"[:2000], None
+            esc.claimed_until = None
+            esc.error = (f"{exc.__class__.__name__}: {exc}" if isinstance(exc, BitbucketError)
+                         else exc.__class__.__name__)[:2000]
             if isinstance(exc, TrackerRemoved):
                 esc.state = "failed"
                 reverse.mark_tracker_removed(session, conn_id)
@@ -203,24 +208,38 @@ def _link(session, esc_id: int, conn_id: int, req: Request, issue: dict) -> Resu
     conn = session.get(Connection, conn_id)
     ticket = session.get(Ticket, esc.ticket_id)
     url = ((issue.get("links") or {}).get("html") or {}).get("href")
-    link = session.scalar(select(Link).where(Link.connection_id == conn.id,
-                                             Link.target_id == str(ticket.id)))
-    if link is None:  # unless the webhook of the new issue got here first and linked it
-        link = Link(connection_id=conn.id, bitbucket_repo=req.repo, bitbucket_issue_id=issue["id"],
-                    bitbucket_url=url, target_id=str(ticket.id),
-                    bitbucket_updated_at=parse_time(issue.get("updated_on")))
-        session.add(link)
-        session.flush()
-        values = {"title": issue.get("title"), "description": (issue.get("content") or {}).get("raw"),
-                  "status": issue.get("state"), "priority": issue.get("priority"),
-                  "type": issue.get("kind"), "assignee": display_name(issue.get("assignee"))}
-        for field in SYNCED_FIELDS:
-            session.add(Shadow(link_id=link.id, field=field, bitbucket_value=values[field],
-                               target_value=getattr(ticket, field), target_at=utcnow(),
-                               bitbucket_at=link.bitbucket_updated_at))
+    linked = select(Link).where(Link.connection_id == conn.id, Link.target_id == str(ticket.id))
+    # The webhook of the new issue may have linked it already (forward._adopt_escalation).
+    link = session.scalar(linked) or _insert_link(session, linked, conn, ticket, req, issue, url)
     esc.state, esc.claimed_until, esc.error = "done", None, None
     ledger.record(session, connection_id=conn.id, direction="reverse", outcome="applied",
                   link_id=link.id, actor=esc.options.get("actor"), new_value=f"{req.repo}#{issue['id']}",
                   detail=f"escalated ticket {ticket.id} as {req.repo}#{issue['id']}"
                          + (f" with {len(esc.uploaded)} attachment(s)" if esc.uploaded else ""))
     return Result(conn.name, req.repo, issue["id"], url, True)
+
+
+def _insert_link(session, linked, conn: Connection, ticket: Ticket, req: Request, issue: dict,
+                 url: str | None) -> Link:
+    """The ticket's link to the issue we created, with its shadows; or, when a worker processing
+    the issue's webhook linked them between our look and this insert, that link (it made the
+    shadows too). Any other clash of keys is not ours to paper over."""
+    try:
+        with session.begin_nested():
+            link = Link(connection_id=conn.id, bitbucket_repo=req.repo, bitbucket_issue_id=issue["id"],
+                        bitbucket_url=url, target_id=str(ticket.id),
+                        bitbucket_updated_at=parse_time(issue.get("updated_on")))
+            session.add(link)
+    except IntegrityError:
+        link = session.scalar(linked)
+        if link is None:
+            raise
+        return link
+    values = {"title": issue.get("title"), "description": (issue.get("content") or {}).get("raw"),
+              "status": issue.get("state"), "priority": issue.get("priority"),
+              "type": issue.get("kind"), "assignee": display_name(issue.get("assignee"))}
+    for field in SYNCED_FIELDS:
+        session.add(Shadow(link_id=link.id, field=field, bitbucket_value=values[field],
+                           target_value=getattr(ticket, field), target_at=utcnow(),
+                           bitbucket_at=link.bitbucket_updated_at))
+    return link

@@ -1,12 +1,18 @@
-"""Races pinned down step by step: our write's webhook arriving before our own commit, and a
-crash between a remote write and the local commit."""
+"""Races pinned down step by step: our write's webhook arriving before our own commit, a crash
+between a remote write and the local commit, and an escalation's link made by its webhook."""
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
-from worker.db.models import CommentLink, LedgerEntry, OutgoingChange, TicketComment
+from tests.worker.sync.conftest import REPO
+from worker import ledger
+from worker.db.models import (CommentLink, Connection, LedgerEntry, Link, OutgoingChange, Shadow, Ticket,
+                              TicketComment)
 from worker.db.session import transaction
-from worker.sync import push, reverse
+from worker.sync import escalate, push, reverse
+from worker.sync.markers import ticket_marker
 
 
 def _new_linked_ticket(h) -> tuple[dict, dict]:
@@ -86,3 +92,45 @@ def test_comment_webhook_that_beats_our_commit_repairs_the_link_instead_of_notin
         reverse.finish_comment(session, item, posted)
         assert session.scalar(select(func.count()).select_from(CommentLink)) == 1
         assert session.scalar(select(func.count()).select_from(TicketComment)) == 1
+
+
+def _escalated_issue_linked_by_its_webhook(h) -> tuple[dict, dict]:
+    """A ticket, and an issue carrying its escalation marker whose issue:created webhook a
+    worker has processed: the worker linked the two (forward._adopt_escalation)."""
+    ticket = h.web.post("/api/tickets", json={"title": "Checkout 500s", "reporter": "jane@customer.example"}).json
+    issue = h.api("POST", "/issues", json={"title": "Checkout 500s", "content": {
+        "raw": "Escalated.\n\n" + ticket_marker("acme", ticket["id"])}})
+    h.process_webhooks()
+    return ticket, issue
+
+
+def test_escalation_meeting_the_link_its_webhook_made_after_its_look_takes_that_link(harness):
+    # On PostgreSQL, a worker can commit the issue's link between the escalation's look for a
+    # link and its insert of one: the insert then clashes with the worker's row.
+    h = harness
+    ticket, issue = _escalated_issue_linked_by_its_webhook(h)
+    with transaction() as session:
+        made = session.scalar(select(Link).where(Link.target_id == str(ticket["id"])))
+        shadows = session.scalar(select(func.count()).select_from(Shadow).where(Shadow.link_id == made.id))
+        conn = session.get(Connection, made.connection_id)
+        linked = select(Link).where(Link.connection_id == conn.id, Link.target_id == str(ticket["id"]))
+        found = escalate._insert_link(session, linked, conn, session.get(Ticket, ticket["id"]),
+                                      escalate.Request(ticket_id=ticket["id"], repo=REPO), issue, None)
+        assert found.id == made.id
+        ledger.record(session, connection_id=conn.id, direction="reverse", outcome="applied",
+                      link_id=found.id, detail="the transaction goes on after the clash")
+    with transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Link)) == 1
+        assert session.scalar(select(func.count()).select_from(Shadow)) == shadows  # none added
+
+
+def test_an_escalation_link_clashing_with_another_tickets_link_is_an_error(harness):
+    h = harness
+    ticket, issue = _escalated_issue_linked_by_its_webhook(h)
+    other = h.web.post("/api/tickets", json={"title": "Another", "reporter": "joe@customer.example"}).json
+    with transaction() as session:
+        conn = session.scalar(select(Connection))
+        linked = select(Link).where(Link.connection_id == conn.id, Link.target_id == str(other["id"]))
+        with pytest.raises(IntegrityError):  # the issue is already linked to the first ticket
+            escalate._insert_link(session, linked, conn, session.get(Ticket, other["id"]),
+                                  escalate.Request(ticket_id=other["id"], repo=REPO), issue, None)
