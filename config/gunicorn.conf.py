@@ -10,6 +10,7 @@ every request in its process, so on SQLite (the embedded default) the workers ar
 
 WEB_CONCURRENCY sets the number of worker processes (one per core; default 2).
 """
+import gc
 import os
 
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -23,3 +24,13 @@ if os.environ.get("DATABASE_URL", "").startswith("postgresql"):
 else:
     worker_class = "gthread"
     threads = 8
+
+
+def post_worker_init(worker):
+    """Move everything the app made while loading (about 110,000 objects: Flask, SQLAlchemy,
+    Celery, our modules) out of the garbage collector's sight. They live as long as the process,
+    yet every full collection walked them all: about 70 ms in which the process answered
+    nobody, enough to set the p99 of a loaded web process (bench/ingest, httpx client: p99 43
+    -> 36 ms, median of six interleaved rounds). The objects made afterwards are collected as
+    before."""
+    gc.freeze()

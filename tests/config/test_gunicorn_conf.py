@@ -53,3 +53,17 @@ def test_procfile_web_uses_the_config_and_binds_port():
     assert "--config config/gunicorn.conf.py" in web
     assert re.search(r"--bind \S*:\$PORT", web)
     assert '"webhooks:create_app()"' in web
+
+
+def test_each_worker_freezes_what_loading_the_app_made(monkeypatch):
+    import gc
+
+    from gunicorn.config import Config
+    conf = settings(monkeypatch, DATABASE_URL="postgresql://bbsync@db/bbsync")
+    assert "post_worker_init" in Config().settings  # a hook gunicorn calls by this name
+    before = gc.get_freeze_count()
+    try:
+        conf["post_worker_init"](worker=None)
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
