@@ -1,13 +1,15 @@
 """The Celery app. Configured from settings when Celery first needs its config, not at import.
 
 Broker: Redis in production (REDIS_URL), RabbitMQ if BROKER_URL says amqp://, and otherwise
-kombu's filesystem transport under var/broker, which needs no server: the embedded default.
+kombu's filesystem transport under var/broker, which needs no server: the embedded default
+(with the repair in worker.embedded_broker, so that a message is never read half-written).
 """
 from __future__ import annotations
 
 from celery import Celery
 
 from config.settings import Settings, get_settings
+from worker import embedded_broker
 
 #: Longest delay any task of ours may be scheduled with (retry backoff cap). The broker's
 #: visibility timeout must be longer, or Redis would hand a delayed task to a second worker.
@@ -20,7 +22,9 @@ def max_task_delay(settings: Settings) -> float:
 
 def celery_config(settings: Settings) -> dict:
     transport_options: dict = {"visibility_timeout": settings.visibility_timeout}
+    transport = None  # the broker URL's scheme says
     if settings.embedded_broker:
+        transport = embedded_broker.TRANSPORT
         folder = settings.broker_folder
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -34,6 +38,7 @@ def celery_config(settings: Settings) -> dict:
         }
     return {
         "broker_url": settings.broker_url,
+        "broker_transport": transport,
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
         # The receiver must answer Bitbucket within 10 s even when the broker is down: fail a

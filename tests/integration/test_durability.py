@@ -3,6 +3,7 @@ has no second effect."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +58,21 @@ def test_rerunning_a_processed_delivery_has_no_second_effect(running):
     assert running.scalar("select count(*) from ledger where delivery_id = :i", i=delivery) == ledger_rows
     ticket = running.get("/api/tickets", connection=conn).json()["tickets"][0]
     assert len(ticket["comments"]) == 1
+
+
+@pytest.mark.parametrize("running", ["embedded"], indirect=True)  # its broker is the filesystem
+def test_embedded_broker_sets_aside_an_unreadable_message_and_the_worker_goes_on(running):
+    """kombu's filesystem transport could hand the worker a message file before its bytes were
+    written; decoding the empty payload stopped the worker ("Unrecoverable error"), and every
+    later delivery waited forever. worker.embedded_broker writes messages whole and sets aside
+    a file that does not decode: here one is put in front of a real delivery."""
+    var = Path(running.stack.env["BBSYNC_VAR_DIR"])
+    queue = running.stack.env["BBSYNC_QUEUE"]
+    bad = f"{0:020d}_half-written.{queue}.msg"
+    (var / "broker" / "queue" / bad).write_bytes(b"")
+    conn, secret = running.add_connection(["kolaszek/repository-name"])
+    r = running.deliver(conn, "issue:comment_created", load_fixture("zulip__issue_commented"), secret)
+    assert running.wait_processed(r.json()["delivery"]) == "processed"
+    assert (var / "broker" / "rejected" / bad).exists()
+    assert running.stack.procs["worker"].poll() is None, "the worker must still be running"
+    assert f"broker.message_rejected file={bad}" in (running.stack.log_dir / "worker.log").read_text()

@@ -1,0 +1,138 @@
+"""The embedded broker (worker.embedded_broker): messages appear whole, bad files are set aside."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import pytest
+from kombu import Connection
+from kombu.transport import filesystem
+from kombu.transport.virtual import Empty
+
+from config.settings import load
+from worker import embedded_broker
+from worker.celery_app import celery_config
+
+QUEUE = "q"
+
+
+def _channel(tmp_path, transport=embedded_broker.Transport):
+    """A connection and channel laid out as worker.celery_app lays out var/broker."""
+    f = {name: tmp_path / "broker" / name for name in ("queue", "processed", "control")}
+    for folder in f.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    conn = Connection("filesystem://", transport=transport, transport_options={
+        "data_folder_in": str(f["queue"]), "data_folder_out": str(f["queue"]),
+        "processed_folder": str(f["processed"]), "control_folder": str(f["control"]),
+        "store_processed": False})
+    return conn, conn.default_channel
+
+
+def test_messages_come_out_whole_and_in_order(tmp_path):
+    conn, channel = _channel(tmp_path)
+    with conn:
+        for n in range(20):
+            channel._put(QUEUE, {"n": n, "body": "é" * n})
+        assert channel._size(QUEUE) == 20
+        got = [channel._get(QUEUE) for _ in range(20)]
+        assert got == [{"n": n, "body": "é" * n} for n in range(20)]
+        with pytest.raises(Empty):
+            channel._get(QUEUE)
+    # Nothing is left behind: no staged parts, no taken files, nothing in the system's temp dir.
+    leftovers = [p for p in (tmp_path / "broker").rglob("*") if p.is_file()]
+    assert leftovers == []
+
+
+def test_a_message_is_invisible_until_it_is_complete(tmp_path, monkeypatch):
+    """kombu's own transport creates the file in the queue folder and then writes it: a
+    consumer polling in between took an empty file. Here the file enters the queue by one
+    rename, after it was written and closed; a consumer polling just before sees nothing."""
+    conn, channel = _channel(tmp_path)
+    real_replace = os.replace
+    seen_before: list = []
+
+    def replace(src, dst):
+        if str(dst).endswith(".msg") and "staging" in str(src):
+            with pytest.raises(Empty):
+                channel._get(QUEUE)
+            seen_before.append(os.path.getsize(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(embedded_broker.os, "replace", replace)
+    with conn:
+        channel._put(QUEUE, {"hello": "world"})
+        assert seen_before and seen_before[0] > 0  # the staged file was already whole
+        assert channel._get(QUEUE) == {"hello": "world"}
+
+
+def test_a_consumer_racing_a_producer_loses_nothing(tmp_path):
+    """A writer and a reader in two threads, as the web and worker processes are. (Against
+    kombu's own transport this reader soon takes a file before its bytes are in: an empty
+    payload that fails to decode.)"""
+    conn, channel = _channel(tmp_path)
+    total = 3000
+    got: list = []
+    errors: list = []
+    done = threading.Event()
+
+    def read():
+        while not done.is_set() or channel._size(QUEUE):
+            try:
+                got.append(channel._get(QUEUE)["n"])
+            except Empty:
+                continue
+            except ValueError as exc:
+                errors.append(exc)
+
+    with conn:
+        reader = threading.Thread(target=read)
+        reader.start()
+        # A large payload widens the window between creating a file and filling it.
+        for n in range(total):
+            channel._put(QUEUE, {"n": n, "pad": "x" * 20_000})
+        done.set()
+        reader.join(30)
+    assert errors == []
+    assert got == list(range(total))
+
+
+def test_a_file_that_is_not_a_message_is_set_aside_and_the_queue_goes_on(tmp_path, caplog):
+    conn, channel = _channel(tmp_path)
+    queue = tmp_path / "broker" / "queue"
+    empty, garbage = f"{1:020d}_empty.{QUEUE}.msg", f"{2:020d}_garbage.{QUEUE}.msg"
+    with conn:
+        (queue / empty).write_bytes(b"")
+        (queue / garbage).write_bytes(b"\xff\xfe not json")
+        channel._put(QUEUE, {"after": True})
+        with caplog.at_level(logging.ERROR, logger="bbsync.broker"):
+            assert channel._get(QUEUE) == {"after": True}
+    rejected = sorted(p.name for p in (tmp_path / "broker" / "rejected").iterdir())
+    assert rejected == [empty, garbage]
+    assert [r.getMessage().split()[1] for r in caplog.records] == [f"file={empty}", f"file={garbage}"]
+    assert "not json" not in caplog.text  # the content is never logged
+
+
+def test_a_failed_write_leaves_nothing_in_the_queue(tmp_path, monkeypatch):
+    conn, channel = _channel(tmp_path)
+
+    def no_space(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(embedded_broker.os, "replace", no_space)
+    with conn:
+        with pytest.raises(filesystem.ChannelError):
+            channel._put(QUEUE, {"n": 1})
+    assert [p for p in (tmp_path / "broker").rglob("*") if p.is_file()] == []
+
+
+def test_the_embedded_default_uses_this_transport_and_redis_does_not(tmp_path):
+    conf = celery_config(load({"BBSYNC_VAR_DIR": str(tmp_path)}))
+    assert conf["broker_transport"] == embedded_broker.TRANSPORT
+    conn = Connection(conf["broker_url"], transport=conf["broker_transport"],
+                      transport_options=conf["broker_transport_options"])
+    assert conn.transport_cls is embedded_broker.Transport or \
+        conn.get_transport_cls() is embedded_broker.Transport
+    redis_conf = celery_config(load({"BBSYNC_VAR_DIR": str(tmp_path),
+                                     "REDIS_URL": "redis://127.0.0.1:6379/0"}))
+    assert redis_conf["broker_transport"] is None

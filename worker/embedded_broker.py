@@ -1,0 +1,113 @@
+"""The embedded broker: kombu's filesystem transport, with messages that appear whole.
+
+kombu's own transport creates a message's file in the queue folder, then locks and writes it;
+a consumer takes a file by renaming it away, without looking at the lock. A worker that polls
+between the create and the write takes an empty file: the message is lost, and decoding the
+empty payload raised out of the worker's consumer and stopped it (seen on a busy CI machine:
+every delivery after that one waited forever).
+
+Here a message is written and closed under a name no consumer looks at, in a folder on the same
+filesystem, and then renamed into the queue folder: a rename within one filesystem is atomic, so
+a consumer sees the whole file or none. A consumer moves what it takes into the processed folder
+(also beside the queue, so that move is a rename too, not a copy to the system's temp folder),
+and a file that still does not decode (a disk that filled up, a hand-made file) is set aside in
+`rejected/` with a log line naming it, instead of stopping the worker.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import uuid
+from functools import cached_property
+from pathlib import Path
+from time import monotonic_ns
+
+from kombu.transport import filesystem
+from kombu.transport.virtual import Empty
+from kombu.utils.json import dumps, loads
+
+log = logging.getLogger("bbsync.broker")
+
+#: What Celery's `broker_transport` setting names to use this module.
+TRANSPORT = f"{__name__}:Transport"
+
+
+class Channel(filesystem.Channel):
+
+    def _put(self, queue, payload, **kwargs):
+        # Consumers take files in name order: nanoseconds of the system-wide monotonic clock,
+        # zero-padded so that the order of the names is the order of the puts (kombu's
+        # milliseconds, unpadded, tie within a millisecond and misorder when a digit is added).
+        name = f"{monotonic_ns():020d}_{uuid.uuid4()}.{queue}.msg"
+        data = dumps(payload).encode()
+        fd, staged = tempfile.mkstemp(dir=self._staging_folder, prefix="put-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(staged, os.path.join(self.data_folder_out, name))
+        except OSError as exc:
+            _remove_quietly(staged)
+            raise filesystem.ChannelError(f"Cannot add a message to {self.data_folder_out}") from exc
+
+    def _get(self, queue):
+        wanted = f"{queue}.msg"
+        for name in sorted(os.listdir(self.data_folder_in)):
+            if name.partition(".")[2] != wanted:
+                continue
+            taken = os.path.join(self._taken_folder, name)
+            try:
+                os.replace(os.path.join(self.data_folder_in, name), taken)
+            except FileNotFoundError:
+                continue  # another consumer took it first
+            try:
+                with open(taken, "rb") as f:
+                    payload = f.read()
+            except OSError as exc:
+                raise filesystem.ChannelError(f"Cannot read the message {name}") from exc
+            try:
+                message = loads(payload)
+            except ValueError:
+                self._reject(taken, name, len(payload))
+                continue
+            if not self.store_processed:
+                _remove_quietly(taken)
+            return message
+        raise Empty()
+
+    def _reject(self, path: str, name: str, size: int) -> None:
+        os.replace(path, self._rejected_folder / name)
+        log.error("broker.message_rejected file=%s bytes=%d reason=not-json kept_in=%s",
+                  name, size, self._rejected_folder)
+
+    # Beside the queue folder, so that moving a file between them is a rename, not a copy.
+    @cached_property
+    def _staging_folder(self) -> Path:
+        return _beside(self.data_folder_out, "staging")
+
+    @cached_property
+    def _taken_folder(self) -> Path:
+        if self.store_processed:
+            return Path(self.processed_folder)
+        return _beside(self.data_folder_in, "taken")
+
+    @cached_property
+    def _rejected_folder(self) -> Path:
+        return _beside(self.data_folder_in, "rejected")
+
+
+class Transport(filesystem.Transport):
+    Channel = Channel
+
+
+def _beside(queue_folder: str, name: str) -> Path:
+    folder = Path(queue_folder).parent / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def _remove_quietly(path) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
