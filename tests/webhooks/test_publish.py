@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 
 import redis
 
@@ -66,22 +67,25 @@ def test_an_unbatched_transport_reports_the_jobs_before_the_failure(tmp_path, mo
     # The embedded filesystem broker, like AMQP, cannot defer a publish: each message goes out
     # at once, so the ones before a failure are surely queued.
     app = celery_for({"BBSYNC_VAR_DIR": str(tmp_path), "BBSYNC_QUEUE": "q"})
-    from kombu.transport import filesystem
-    original, calls = filesystem.Channel._put, []
+    from worker import embedded_broker
+    original, calls = os.replace, []
 
-    def put_failing_third(self, queue, payload, **kwargs):
-        calls.append(queue)
-        if len(calls) == 3:
-            raise RuntimeError("disk full")
-        return original(self, queue, payload, **kwargs)
+    def replace_failing_from_third(src, dst):
+        # The embedded broker renames each written message into the queue folder; from the
+        # third on the disk is full (Celery retries the publish once: it fails again).
+        calls.append(dst)
+        if len(calls) >= 3:
+            raise OSError(28, "No space left on device")
+        return original(src, dst)
 
-    monkeypatch.setattr(filesystem.Channel, "_put", put_failing_third)
+    monkeypatch.setattr(embedded_broker.os, "replace", replace_failing_from_third)
     # Messages: d0 | push 1 | [d1, d2] (fails) | push 2. Two jobs are surely queued.
     jobs = [("process_delivery", "d0"), ("push_link", 1), ("process_delivery", "d1"),
             ("process_delivery", "d2"), ("push_link", 2)]
     assert publish_many(jobs, app=app) == 2
     files = list((tmp_path / "broker" / "queue").glob("*.msg"))
     assert len(files) == 2
+    assert list((tmp_path / "broker" / "staging").iterdir()) == []  # the failed one left nothing
 
 
 def test_nothing_to_publish_touches_no_broker():
