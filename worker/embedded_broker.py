@@ -11,7 +11,8 @@ filesystem, and then renamed into the queue folder: a rename within one filesyst
 a consumer sees the whole file or none. A consumer moves what it takes into the processed folder
 (also beside the queue, so that move is a rename too, not a copy to the system's temp folder),
 and a file that still does not decode (a disk that filled up, a hand-made file) is set aside in
-`rejected/` with a log line naming it, instead of stopping the worker.
+`rejected/` with a log line naming it, instead of stopping the worker. And a consumer lists the
+queue folder once per backlog rather than once per message.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import logging
 import os
 import tempfile
 import uuid
+from collections import deque
 from functools import cached_property
 from pathlib import Path
 from time import monotonic_ns
@@ -34,6 +36,10 @@ TRANSPORT = f"{__name__}:Transport"
 
 
 class Channel(filesystem.Channel):
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._listed: dict[str, deque] = {}
 
     def _put(self, queue, payload, **kwargs):
         # Consumers take files in name order: nanoseconds of the system-wide monotonic clock,
@@ -51,33 +57,54 @@ class Channel(filesystem.Channel):
             raise filesystem.ChannelError(f"Cannot add a message to {self.data_folder_out}") from exc
 
     def _get(self, queue):
+        # kombu lists the whole queue folder for every message it takes: draining a backlog of
+        # n messages cost n listings of up to n names. The names listed once are taken in order
+        # until they run out (a name another consumer took first is skipped); then the folder
+        # is listed again. Messages put meanwhile are newer, so the order holds.
+        while True:
+            names, fresh = self._listing(queue)
+            while names:
+                message = self._take(names.popleft())
+                if message is not None:
+                    return message
+            if fresh:
+                raise Empty()
+
+    def _listing(self, queue) -> tuple[deque, bool]:
+        """The names not yet tried from the last listing, or a new listing; and which it is."""
+        names = self._listed.setdefault(queue, deque())
+        if names:
+            return names, False
         wanted = f"{queue}.msg"
-        for name in sorted(os.listdir(self.data_folder_in)):
-            if name.partition(".")[2] != wanted:
-                continue
-            taken = os.path.join(self._taken_folder, name)
-            try:
-                os.replace(os.path.join(self.data_folder_in, name), taken)
-            except FileNotFoundError:
-                continue  # another consumer took it first
-            try:
-                with open(taken, "rb") as f:
-                    payload = f.read()
-            except OSError as exc:
-                raise filesystem.ChannelError(f"Cannot read the message {name}") from exc
-            try:
-                message = loads(payload)
-            except ValueError:
-                self._reject(taken, name, len(payload))
-                continue
-            if not self.store_processed:
-                _remove_quietly(taken)
-            return message
-        raise Empty()
+        names.extend(sorted(n for n in os.listdir(self.data_folder_in) if n.partition(".")[2] == wanted))
+        return names, True
+
+    def _take(self, name: str):
+        """The message in the file `name`, or None if it is gone or is not a message."""
+        taken = os.path.join(self._taken_folder, name)
+        try:
+            os.replace(os.path.join(self.data_folder_in, name), taken)
+        except FileNotFoundError:
+            return None  # another consumer took it first, or it was purged
+        try:
+            with open(taken, "rb") as f:
+                payload = f.read()
+        except OSError as exc:
+            raise filesystem.ChannelError(f"Cannot read the message {name}") from exc
+        try:
+            message = loads(payload)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):  # every kombu message is a JSON object
+            self._reject(taken, name, len(payload))
+            return None
+        if not self.store_processed:
+            _remove_quietly(taken)
+        return message
 
     def _reject(self, path: str, name: str, size: int) -> None:
         os.replace(path, self._rejected_folder / name)
-        log.error("broker.message_rejected file=%s bytes=%d reason=not-json kept_in=%s",
+        log.error("broker.message_rejected file=%s bytes=%d reason=not-a-message kept_in=%s",
                   name, size, self._rejected_folder)
 
     # Beside the queue folder, so that moving a file between them is a rename, not a copy.

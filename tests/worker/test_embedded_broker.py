@@ -97,19 +97,60 @@ def test_a_consumer_racing_a_producer_loses_nothing(tmp_path):
     assert got == list(range(total))
 
 
+def test_a_backlog_is_listed_once_not_once_per_message(tmp_path, monkeypatch):
+    conn, channel = _channel(tmp_path)
+    listings = []
+    real_listdir = os.listdir
+
+    def listdir(path):
+        listings.append(path)
+        return real_listdir(path)
+
+    with conn:
+        for n in range(50):
+            channel._put(QUEUE, {"n": n})
+        monkeypatch.setattr(embedded_broker.os, "listdir", listdir)
+        assert [channel._get(QUEUE)["n"] for _ in range(50)] == list(range(50))
+        assert len(listings) == 1
+        channel._put(QUEUE, {"n": 50})  # put after the listing ran out: found by the next one
+        assert channel._get(QUEUE) == {"n": 50}
+        with pytest.raises(Empty):
+            channel._get(QUEUE)
+        assert len(listings) == 3  # the second found n=50, the third found nothing
+
+
+def test_two_consumers_share_a_queue_without_losing_or_doubling(tmp_path):
+    """Two workers on one var/: a name one of them listed may be gone when it gets to it."""
+    conn_a, a = _channel(tmp_path)
+    conn_b, b = _channel(tmp_path)
+    with conn_a, conn_b:
+        for n in range(30):
+            a._put(QUEUE, {"n": n})
+        got = []
+        for turn in range(40):
+            try:
+                got.append((a if turn % 2 else b)._get(QUEUE)["n"])
+            except Empty:
+                pass
+    assert sorted(got) == list(range(30))
+
+
 def test_a_file_that_is_not_a_message_is_set_aside_and_the_queue_goes_on(tmp_path, caplog):
     conn, channel = _channel(tmp_path)
     queue = tmp_path / "broker" / "queue"
-    empty, garbage = f"{1:020d}_empty.{QUEUE}.msg", f"{2:020d}_garbage.{QUEUE}.msg"
+    empty, garbage, null = (f"{n:020d}_{what}.{QUEUE}.msg" for n, what in
+                            ((1, "empty"), (2, "garbage"), (3, "null")))
     with conn:
         (queue / empty).write_bytes(b"")
         (queue / garbage).write_bytes(b"\xff\xfe not json")
+        (queue / null).write_bytes(b"null")  # JSON, but not a message
         channel._put(QUEUE, {"after": True})
         with caplog.at_level(logging.ERROR, logger="bbsync.broker"):
             assert channel._get(QUEUE) == {"after": True}
     rejected = sorted(p.name for p in (tmp_path / "broker" / "rejected").iterdir())
-    assert rejected == [empty, garbage]
-    assert [r.getMessage().split()[1] for r in caplog.records] == [f"file={empty}", f"file={garbage}"]
+    assert rejected == [empty, garbage, null]
+    assert [r.getMessage().split()[1] for r in caplog.records] == [
+        f"file={empty}", f"file={garbage}", f"file={null}"]
     assert "not json" not in caplog.text  # the content is never logged
 
 
