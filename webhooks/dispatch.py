@@ -118,7 +118,13 @@ class Dispatcher:
         """Publish jobs in order; returns the jobs from the first failure on (to park)."""
         for start in range(0, len(jobs), self._batch_max):
             chunk = jobs[start:start + self._batch_max]
-            done = self._publish(chunk)
+            try:
+                done = self._publish(chunk)
+            except Exception as exc:  # noqa: BLE001 - a raise must not end this thread
+                # publish is meant to count failures, not raise them; if one slips through,
+                # this thread dying would leave every later job of the process unpublished.
+                log.error("webhook.enqueue_raised jobs=%d error=%s", len(chunk), type(exc).__name__)
+                done = 0
             if done < len(chunk):
                 return jobs[start + done:]
         return []

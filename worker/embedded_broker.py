@@ -8,11 +8,11 @@ every delivery after that one waited forever).
 
 Here a message is written and closed under a name no consumer looks at, in a folder on the same
 filesystem, and then renamed into the queue folder: a rename within one filesystem is atomic, so
-a consumer sees the whole file or none. A consumer moves what it takes into the processed folder
-(also beside the queue, so that move is a rename too, not a copy to the system's temp folder),
-and a file that still does not decode (a disk that filled up, a hand-made file) is set aside in
-`rejected/` with a log line naming it, instead of stopping the worker. And a consumer lists the
-queue folder once per backlog rather than once per message.
+a consumer sees the whole file or none. A consumer moves what it takes into `taken/` (beside the
+queue too, so that this move is also a rename, not kombu's copy to the system's temp folder)
+and deletes it once read; a file that still is not a message (a disk that filled up, a file
+made by hand) is set aside in `rejected/` with a log line naming it, instead of stopping the
+worker. And a consumer lists the queue folder once per backlog, not once per message.
 """
 from __future__ import annotations
 

@@ -127,6 +127,25 @@ def test_backoff_doubles_while_the_broker_stays_down():
     assert broker.calls == 4  # the next one is due at 1.5 s
 
 
+def test_a_publish_that_raises_parks_its_jobs_and_the_thread_lives_on(caplog):
+    broker = Broker()
+    raised = []
+
+    def publish(jobs):
+        if not raised:
+            raised.append(jobs)
+            raise KeyError("a bug in a publisher, with a secret in its text")
+        return broker(jobs)
+
+    dispatcher = Dispatcher(publish, batch_interval=0, retry_first=0.05, retry_max=0.05)
+    dispatcher.submit("process_delivery", "x")
+    wait_for(lambda: broker.published == [("process_delivery", "x")])
+    dispatcher.submit("process_delivery", "y")
+    wait_for(lambda: broker.published[-1:] == [("process_delivery", "y")])
+    assert "webhook.enqueue_raised jobs=1 error=KeyError" in caplog.text
+    assert "secret" not in caplog.text
+
+
 def test_one_at_a_time_stops_at_the_first_job_that_fails():
     sent = []
 
