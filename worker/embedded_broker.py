@@ -21,6 +21,7 @@ import os
 import tempfile
 import uuid
 from collections import deque
+from contextlib import suppress
 from functools import cached_property
 from pathlib import Path
 from time import monotonic_ns
@@ -134,7 +135,5 @@ def _beside(queue_folder: str, name: str) -> Path:
 
 
 def _remove_quietly(path) -> None:
-    try:
+    with suppress(OSError):
         os.remove(path)
-    except OSError:
-        pass
