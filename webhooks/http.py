@@ -5,6 +5,8 @@ from typing import Any
 
 from flask import current_app, jsonify, request
 
+from worker.engine.text import clean, has_surrogate
+
 MAX_LIMIT = 500
 
 
@@ -30,6 +32,15 @@ def positive_int(raw: str | None, name: str) -> int | None:
     if not raw.isdigit() or len(raw) > 12 or int(raw) == 0:
         raise BadInput(f"{name} must be a positive integer")
     return int(raw)
+
+
+def text_param(name: str) -> str | None:
+    """A query parameter compared with stored text: one with NUL (`%00`) matches nothing, and
+    PostgreSQL would refuse the query."""
+    value = request.args.get(name)
+    if value is not None and "\x00" in value:
+        raise BadInput(f"{name} contains a NUL character")
+    return value
 
 
 def limit_param() -> int:
@@ -60,4 +71,21 @@ def text_field(body: dict, name: str, *, required: bool = False, max_len: int = 
         raise BadInput(f"{name} is longer than {max_len} characters")
     if "\x00" in value:
         raise BadInput(f"{name} contains a NUL character")
+    if has_surrogate(value):
+        # The caller is there to fix its input; the worker cleans only what it cannot refuse.
+        raise BadInput(f"{name} contains an unpaired UTF-16 surrogate (\\ud800-\\udfff), "
+                       f"which is not Unicode text")
     return value
+
+
+def actor_header() -> str | None:
+    """X-Actor, as stored. A header's bytes reach WSGI as latin-1 text: UTF-8 is read as UTF-8
+    (a name with accents), anything else stays as it came (every byte reads as some
+    character). NUL, which gunicorn refuses but a development server may pass, is removed."""
+    raw = request.headers.get("X-Actor", "")
+    if not raw.isascii():
+        try:
+            raw = raw.encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            pass
+    return clean("X-Actor", raw, 255)[0].strip() or None

@@ -4,9 +4,11 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 from sqlalchemy import func, select
 
-from webhooks.http import BadInput, dispatch, error, json_body, limit_param, positive_int, sessions, text_field
+from webhooks.http import (BadInput, actor_header, dispatch, error, json_body, limit_param, positive_int,
+                           sessions, text_field)
 from worker import connections, ledger
 from worker.db.models import Delivery
+from worker.engine.events import MAX_ID
 from worker.sync import conflicts
 
 bp = Blueprint("operator", __name__, url_prefix="/api")
@@ -71,7 +73,7 @@ def act_on_delivery(delivery_id: str, action: str):
         return error(404, f"unknown action {action!r}: replay or dismiss")
     if not delivery_id.isalnum() or len(delivery_id) > 32:
         return error(404, f"delivery {delivery_id!r} does not exist")
-    who = request.headers.get("X-Actor", "")[:255] or None
+    who = actor_header()
     try:
         with sessions().begin() as session:
             ids = (store.replay if action == "replay" else store.dismiss)(session, delivery_id, who)
@@ -110,12 +112,12 @@ def list_conflicts():
                                       for c, link in conflicts.listing(session, conn.id, state)]})
 
 
-@bp.post("/conflicts/<int:conflict_id>/resolve")
+@bp.post(f"/conflicts/<int(max={MAX_ID}):conflict_id>/resolve")
 def resolve_conflict(conflict_id: int):
     body = json_body()
     take = text_field(body, "take", required=True, max_len=16)
     value = text_field(body, "value", max_len=65536)
-    who = text_field(body, "resolved_by", max_len=255) or request.headers.get("X-Actor", "")[:255] or None
+    who = text_field(body, "resolved_by", max_len=255) or actor_header()
     try:
         with sessions().begin() as session:
             push = conflicts.resolve(session, conflict_id, take, value, who)

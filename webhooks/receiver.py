@@ -91,6 +91,8 @@ def receive(name: str):
     event_key = environ.get("HTTP_X_EVENT_KEY", "").strip()
     if not event_key or len(event_key) > 64:
         return error(400, "missing X-Event-Key header")
+    if "\x00" in event_key:  # gunicorn refuses it; a development server may not
+        return error(400, "X-Event-Key contains a NUL character")
     try:
         # orjson: about a third of the stdlib's CPU on a 4 KB payload, and stricter where the
         # stdlib would let trouble through to the worker: a lone surrogate (which PostgreSQL

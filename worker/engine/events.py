@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+
+from worker.engine.text import clean
 
 #: Events that this product syncs; anything else is acknowledged and recorded as ignored.
 ISSUE_EVENTS = ("issue:created", "issue:updated", "issue:comment_created")
@@ -18,6 +20,17 @@ SYNCED_FIELDS = ("title", "description", "status", "priority", "type", "assignee
 
 #: Marks a field the payload did not carry, as distinct from a field it carried as null.
 MISSING = object()
+
+#: The columns (worker.db.models) that an event's text ends up in, in characters; None: no limit.
+#: Status, priority and type reach the ticket only through the mapping tables; a value outside
+#: them is kept whole, in the ledger and shadow (text columns).
+LIMITS = {"title": 255, "description": None, "status": None, "priority": None, "type": None,
+          "assignee": 255}
+NAME_LIMIT = 255   # reporter, actor, comment author
+REPO_LIMIT = 255
+URL_LIMIT = 512
+#: Issue and comment ids are PostgreSQL integers.
+MAX_ID = 2**31 - 1
 
 
 class MalformedEvent(ValueError):
@@ -51,6 +64,8 @@ class IssueEvent:
     actor_uuid: str | None
     comment: Comment | None = None  # a real comment; change records without a message are not
     change_hints: frozenset[str] = field(default_factory=frozenset)
+    # What was changed in the payload's text to store it (worker.engine.text), one note a field.
+    cleaned: tuple[str, ...] = ()
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -76,33 +91,48 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not an id
 
 
-def _text(value: Any) -> Any:
-    return value if isinstance(value, str) else MISSING
+def _is_id(value: Any) -> bool:
+    return _is_int(value) and 0 < value <= MAX_ID
 
 
-def _issue_fields(issue: Mapping[str, Any]) -> dict[str, Any]:
-    fields: dict[str, Any] = {}
-    fields["title"] = _text(issue.get("title"))
+#: normalize's text(name, value, limit): the cleaned value, its note kept for the event.
+Cleaner = Callable[[str, str, int | None], str]
+
+
+def _issue_fields(issue: Mapping[str, Any], text: Cleaner) -> dict[str, Any]:
     content = issue.get("content")
     if isinstance(content, dict) and "raw" in content:
-        fields["description"] = content["raw"] if isinstance(content["raw"], str) else ""
+        description = content["raw"] if isinstance(content["raw"], str) else ""
     else:
-        fields["description"] = MISSING
-    fields["status"] = _text(issue.get("state"))
-    fields["priority"] = _text(issue.get("priority"))
-    fields["type"] = _text(issue.get("kind"))
-    fields["assignee"] = display_name(issue["assignee"]) if "assignee" in issue else MISSING
+        description = MISSING
+    fields: dict[str, Any] = {}
+    for name, value in (("title", issue.get("title")), ("description", description),
+                        ("status", issue.get("state")), ("priority", issue.get("priority")),
+                        ("type", issue.get("kind"))):
+        fields[name] = text(name, value, LIMITS[name]) if isinstance(value, str) else MISSING
+    fields["assignee"] = _name(text, "assignee", issue["assignee"]) if "assignee" in issue else MISSING
     return fields
 
 
-def _comment_body(raw: Any) -> str | None:
-    """The message of a payload's comment; None for a change record (`content.raw` null) or
-    anything that is not a comment."""
+def _name(text: Cleaner, label: str, user: Any) -> str | None:
+    """A person's display name, cleaned; one that was nothing but NULs is no name."""
+    name = display_name(user)
+    if name is None:
+        return None
+    return text(label, name, NAME_LIMIT) or None
+
+
+def comment_body(raw: Any) -> str | None:
+    """The message of a payload's (or the REST API's) comment; None for a change record
+    (`content.raw` null), a message of nothing but blanks and NULs, or anything that is not a
+    comment. Not cleaned: normalize cleans it."""
     if not isinstance(raw, dict):
         return None
     content = raw.get("content")
     body = content.get("raw") if isinstance(content, dict) else None
-    return body if isinstance(body, str) and body.strip() else None
+    if not isinstance(body, str):
+        return None
+    return body if (body if "\x00" not in body else body.replace("\x00", "")).strip() else None
 
 
 def _checked(event_key: str, payload: Any) -> tuple[dict, str]:
@@ -116,51 +146,78 @@ def _checked(event_key: str, payload: Any) -> tuple[dict, str]:
     issue = payload.get("issue")
     if not isinstance(issue, dict):
         raise MalformedEvent("payload has no issue object")
-    if not _is_int(issue.get("id")):
-        raise MalformedEvent("issue.id must be an integer")
+    if not _is_id(issue.get("id")):
+        raise MalformedEvent(f"issue.id must be an integer from 1 to {MAX_ID}")
     repo = payload.get("repository")
     full_name = repo.get("full_name") if isinstance(repo, dict) else None
     if not isinstance(full_name, str) or "/" not in full_name:
         raise MalformedEvent("repository.full_name is missing")
     comment = payload.get("comment")
-    has_body = _comment_body(comment) is not None
-    if has_body and not _is_int(comment.get("id")):
-        raise MalformedEvent("comment.id must be an integer")
+    has_body = comment_body(comment) is not None
+    if has_body and not _is_id(comment.get("id")):
+        raise MalformedEvent(f"comment.id must be an integer from 1 to {MAX_ID}")
     if event_key == "issue:comment_created" and not has_body:
         raise MalformedEvent("issue:comment_created without a comment body")
     return issue, full_name
 
 
-def _comment(raw: Any) -> Comment | None:
+def _comment(raw: Any, text: Cleaner) -> Comment | None:
     """A comment with a message (checked by _checked); Bitbucket's change records have
     `content.raw` null."""
-    body = _comment_body(raw)
+    body = comment_body(raw)
     if body is None:
         return None
-    return Comment(id=raw["id"], body=body, author=display_name(raw.get("user")),
+    return Comment(id=raw["id"], body=text("comment", body, None),
+                   author=_name(text, "comment author", raw.get("user")),
                    created_at=parse_time(raw.get("created_on")))
 
 
+def _url(text: Cleaner, href: Any, notes: list[str]) -> str | None:
+    """The issue's web address; one too long for its column is dropped (a cut one would lead
+    nowhere)."""
+    if not isinstance(href, str):
+        return None
+    url = text("url", href, None)
+    if len(url) > URL_LIMIT:
+        notes.append(f"url: dropped ({len(url):,} characters, over {URL_LIMIT})")
+        return None
+    return url
+
+
 def normalize(event_key: str, payload: Mapping[str, Any]) -> IssueEvent:
+    """The event a payload describes, its text cleaned for storing (what was changed is in
+    `cleaned`); MalformedEvent for a payload that describes none."""
     issue, full_name = _checked(event_key, payload)
+    notes: list[str] = []
+
+    def text(name: str, value: str, limit: int | None) -> str:
+        if value.isascii() and "\x00" not in value and (limit is None or len(value) <= limit):
+            return value  # clean's fast path, without its call: a dozen texts an event
+        cleaned, note = clean(name, value, limit)
+        if note is not None:
+            notes.append(note)
+        return cleaned
+
     links = issue.get("links") if isinstance(issue.get("links"), dict) else {}
     html = links.get("html") if isinstance(links.get("html"), dict) else {}
     changes = payload.get("changes") if isinstance(payload.get("changes"), dict) else {}
     actor = payload.get("actor")
+    snapshot = IssueSnapshot(
+        repo=text("repository", full_name, REPO_LIMIT),
+        issue_id=issue["id"],
+        url=_url(text, html.get("href"), notes),
+        fields=_issue_fields(issue, text),
+        reporter=_name(text, "reporter", issue.get("reporter")),
+        updated_at=parse_time(issue.get("updated_on")),
+    )
     return IssueEvent(
         key=event_key,
-        issue=IssueSnapshot(
-            repo=full_name,
-            issue_id=issue["id"],
-            url=html.get("href") if isinstance(html.get("href"), str) else None,
-            fields=_issue_fields(issue),
-            reporter=display_name(issue.get("reporter")),
-            updated_at=parse_time(issue.get("updated_on")),
-        ),
-        actor=display_name(actor),
+        issue=snapshot,
+        actor=_name(text, "actor", actor),
         actor_uuid=actor.get("uuid") if isinstance(actor, dict) and isinstance(actor.get("uuid"), str) else None,
-        comment=_comment(payload.get("comment")),
+        comment=_comment(payload.get("comment"), text),
         change_hints=frozenset(k for k in changes if isinstance(k, str)),
+        cleaned=tuple(notes),
     )
 
 
@@ -186,5 +243,6 @@ def issue_key(payload: Any) -> str | None:
     except (KeyError, TypeError):
         return None
     if isinstance(repo, str) and _is_int(issue_id):
-        return f"{repo}#{issue_id}"[:300]
+        # The repository cleaned as normalize cleans it: a NUL could not be stored in the key.
+        return f"{clean('repository', repo, REPO_LIMIT)[0]}#{issue_id}"[:300]
     return None

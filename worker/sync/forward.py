@@ -82,7 +82,9 @@ def process_delivery(session: Session, delivery_id: str) -> Outcome:
     if link is None:
         link = _adopt_escalation(session, conn, delivery, event) or _create_link(
             session, conn, delivery, event, target)
+        _record_cleaning(session, conn, delivery, event, link)
     else:
+        _record_cleaning(session, conn, delivery, event, link)
         if is_stale(event.issue.updated_at, link.bitbucket_updated_at):
             _overwritten(session, conn, delivery, event, link, target)
             if _stale_echoes(session, conn, delivery, event, link):
@@ -121,6 +123,17 @@ def _finish(session: Session, conn: Connection, delivery: Delivery, status: str,
     log.info("sync.delivery_%s connection=%s delivery=%s event=%s %s", status, conn.name,
              delivery.id, delivery.event_key, detail)
     return Outcome(delivery.id, status, detail, released, push_link)
+
+
+def _record_cleaning(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
+                     link: Link) -> None:
+    """What normalize changed in the payload's text so it could be stored (NULs, lone
+    surrogates, over-long text): said once per delivery, since the ticket no longer shows it."""
+    if event.cleaned:
+        ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="noop",
+                      link_id=link.id, delivery_id=delivery.id, actor=event.actor,
+                      bitbucket_at=event.issue.updated_at,
+                      detail="text cleaned before storing: " + "; ".join(event.cleaned))
 
 
 def _create_link(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,

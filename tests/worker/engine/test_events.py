@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from datetime import datetime, timezone
 
 import pytest
@@ -9,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import fixture_json
-from worker.engine.events import (ISSUE_EVENTS, MISSING, SYNCED_FIELDS, MalformedEvent, normalize,
-                                  parse_time, quick_check)
+from worker.engine.events import (ISSUE_EVENTS, MAX_ID, MISSING, SYNCED_FIELDS, MalformedEvent,
+                                  issue_key, normalize, parse_time, quick_check)
 
 EVENT_KEYS = {
     "kanboard__bitbucket_issue_opened": "issue:created",
@@ -240,6 +241,122 @@ def test_actor_uuid_of_the_wrong_type_is_not_passed_on():
     e = normalize("issue:created", payload)
     assert e.actor == "Eve"
     assert e.actor_uuid is None or isinstance(e.actor_uuid, str)
+
+
+@pytest.mark.parametrize("issue_id", [0, -1, MAX_ID + 1, 2**63, 10**30])
+def test_an_issue_id_postgresql_cannot_hold_is_malformed(issue_id):
+    payload = minimal()
+    payload["issue"]["id"] = issue_id
+    with pytest.raises(MalformedEvent, match=f"issue.id must be an integer from 1 to {MAX_ID}"):
+        normalize("issue:created", payload)
+    assert "issue.id must be an integer from 1 to 2147483647" in quick_check("issue:created", payload)
+
+
+@pytest.mark.parametrize("comment_id", [0, -5, MAX_ID + 1, 2**64])
+def test_a_comment_id_postgresql_cannot_hold_is_malformed(comment_id):
+    payload = {**minimal(), "comment": {"id": comment_id, "content": {"raw": "hi"}}}
+    with pytest.raises(MalformedEvent, match="comment.id must be an integer from 1"):
+        normalize("issue:comment_created", payload)
+    assert "comment.id must be an integer" in quick_check("issue:comment_created", payload)
+
+
+def test_the_largest_ids_postgresql_holds_are_accepted():
+    payload = {"issue": {"id": MAX_ID}, "repository": {"full_name": "acme/widgets"},
+               "comment": {"id": MAX_ID, "content": {"raw": "hi"}}}
+    assert quick_check("issue:comment_created", payload) is None
+    e = normalize("issue:comment_created", payload)
+    assert (e.issue.issue_id, e.comment.id) == (MAX_ID, MAX_ID)
+
+
+# --- text cleaned for storing -------------------------------------------------------------
+
+def _hostile(raw_json: bytes) -> dict:
+    """A payload as the worker reads it (stdlib json: lone surrogate escapes pass)."""
+    return json.loads(raw_json)
+
+
+def test_clean_payloads_are_not_touched():
+    for name in EVENT_KEYS:
+        assert event(name).cleaned == ()
+    payload = fixture_json("zulip__issue_commented")
+    e = normalize("issue:comment_created", payload)
+    assert e.issue.fields["title"] is payload["issue"]["title"]  # the fast path: not even a copy
+    assert e.comment.body is payload["comment"]["content"]["raw"]
+
+
+def test_every_text_of_a_payload_is_cleaned_and_each_change_noted():
+    payload = _hostile(rb"""{
+      "issue": {"id": 7, "title": "T\u0000itle", "content": {"raw": "de\u0000sc \ud800"},
+                "state": "new\u0000", "priority": "ma\u0000jor", "kind": "\udc00bug",
+                "assignee": {"display_name": "As\u0000signee"},
+                "reporter": {"display_name": "Rep\u0000orter"},
+                "links": {"html": {"href": "https://bitbucket.org/a/b/issues/7\u0000"}}},
+      "repository": {"full_name": "acme/wid\u0000gets"},
+      "actor": {"display_name": "Ac\u0000tor"},
+      "comment": {"id": 3, "content": {"raw": "com\u0000ment"}, "user": {"nickname": "Au\u0000thor"}}
+    }""")
+    e = normalize("issue:comment_created", payload)
+    assert e.issue.fields == {"title": "Title", "description": "desc \ufffd", "status": "new",
+                              "priority": "major", "type": "\ufffdbug", "assignee": "Assignee"}
+    assert (e.issue.repo, e.issue.reporter, e.actor) == ("acme/widgets", "Reporter", "Actor")
+    assert e.issue.url == "https://bitbucket.org/a/b/issues/7"
+    assert (e.comment.body, e.comment.author) == ("comment", "Author")
+    assert e.cleaned == (
+        "repository: 1 NUL character removed", "url: 1 NUL character removed",
+        "title: 1 NUL character removed",
+        "description: 1 NUL character removed; 1 unpaired surrogate replaced with U+FFFD",
+        "status: 1 NUL character removed", "priority: 1 NUL character removed",
+        "type: 1 unpaired surrogate replaced with U+FFFD", "assignee: 1 NUL character removed",
+        "reporter: 1 NUL character removed", "actor: 1 NUL character removed",
+        "comment: 1 NUL character removed", "comment author: 1 NUL character removed")
+    for text in (*e.issue.fields.values(), e.issue.repo, e.issue.url, e.comment.body):
+        text.encode("utf-8")
+
+
+def test_text_is_cut_to_its_column():
+    long = "x" * 65536
+    e = normalize("issue:comment_created", {
+        **minimal(title=long, content={"raw": long * 16}, assignee={"display_name": long},
+                  reporter={"display_name": long},
+                  links={"html": {"href": "https://bitbucket.org/" + long}}),
+        "actor": {"display_name": long}, "comment": {"id": 3, "content": {"raw": long},
+                                                    "user": {"display_name": long}}})
+    assert e.issue.fields["title"] == "x" * 254 + "\u2026"
+    for name in (e.issue.fields["assignee"], e.issue.reporter, e.actor, e.comment.author):
+        assert len(name) == 255 and name.endswith("\u2026")
+    assert e.issue.fields["description"] == long * 16 and e.comment.body == long  # text columns
+    assert e.issue.url is None  # a cut address would lead nowhere
+    assert "title: shortened from 65,536 to 255 characters" in e.cleaned
+    assert "url: dropped (65,558 characters, over 512)" in e.cleaned
+    assert len(e.cleaned) == 6
+
+
+def test_a_long_repository_name_is_cut_and_so_matches_no_connection():
+    e = normalize("issue:created", {"issue": {"id": 7}, "repository": {"full_name": "a/" + "b" * 300}})
+    assert len(e.issue.repo) == 255 and e.issue.repo.endswith("\u2026")
+
+
+def test_right_to_left_marks_and_emoji_pairs_survive_exactly():
+    payload = _hostile('{"issue": {"id": 7, "title": "\u202eevil\u202c \u200f\u05e9\u05dc\u05d5\u05dd", '
+                       '"content": {"raw": "\\ud83d\\ude00 \u2067isolate\u2069"}}, '
+                       '"repository": {"full_name": "acme/widgets"}}'.encode())
+    e = normalize("issue:created", payload)
+    assert e.issue.fields["title"] == "\u202eevil\u202c \u200fשלום"
+    assert e.issue.fields["description"] == "😀 \u2067isolate\u2069"
+    assert e.cleaned == ()
+
+
+def test_names_and_comments_of_nothing_but_nul():
+    payload = {**minimal(assignee={"display_name": "\x00"}), "actor": {"display_name": "\x00\x00"}}
+    e = normalize("issue:updated", payload)
+    assert e.issue.fields["assignee"] is None and e.actor is None
+    blank = {**minimal(), "comment": {"id": 3, "content": {"raw": "\x00 \n\x00"}}}
+    assert "without a comment body" in quick_check("issue:comment_created", blank)
+    assert normalize("issue:updated", blank).comment is None
+
+
+def test_the_issue_key_is_storable():
+    assert issue_key({"issue": {"id": 7}, "repository": {"full_name": "acme/wid\x00gets"}}) == "acme/widgets#7"
 
 
 # --- unknown events -----------------------------------------------------------------------
