@@ -1,7 +1,7 @@
 """The simulator's Flask app: Bitbucket's REST API under /2.0, its OAuth token endpoint under
 /site/oauth2, and the simulator's own control API under /_sim (no auth; not Bitbucket's).
 
-Every /2.0 request passes, in order: injected faults (state.faults), authentication (the
+Every /2.0 request passes, in order: injected faults and delays (state.faults), authentication (the
 principal becomes the actor of edits and webhooks), the optional rate limit (ratelimit.py),
 the route; and is then logged in state.request_log as (method, path, status).
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -60,6 +61,9 @@ def _guard_api() -> Response | None:
     status = state.faults.take(request.method, request.path)
     if status is not None:
         return fault_response(status)
+    delay = state.faults.take_delay(request.method, request.path)
+    if delay:
+        time.sleep(delay)
     g.actor = _authenticate(state)
     if request.path.startswith("/2.0/repositories/") and not state.rate_limiter.allow(
             g.actor.uuid, state.rate_limit_per_hour):

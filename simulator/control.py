@@ -41,6 +41,9 @@ def add_fault():
     try:
         if "drop_webhooks" in body:
             faults.drop_webhooks(int(body["drop_webhooks"]))
+        elif "delay" in body:
+            faults.slow(float(body["delay"]), times=int(body.get("times", 1)),
+                        method=body.get("method"), path=body.get("path"))
         else:
             faults.add(status=int(body.get("status", 0)), times=int(body.get("times", 1)),
                        method=body.get("method"), path=body.get("path"))

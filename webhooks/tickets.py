@@ -10,13 +10,14 @@ from sqlalchemy import String, cast, select
 from sqlalchemy.orm import selectinload
 
 from config.enums import TARGET
-from webhooks.http import (BadInput, dispatch, error, json_body, limit_param, positive_int,
-                           sessions, text_field)
+from webhooks.http import (BadInput, actor_header, dispatch, error, json_body, limit_param,
+                           positive_int, sessions, text_field, text_param)
 from worker import connections
 from worker.bitbucket.errors import BitbucketError
 from worker.db.models import Link, Ticket, TicketAttachment, TicketComment, utcnow
+from worker.engine.events import MAX_ID
 from worker.sync import escalate as escalation
-from worker.sync import reverse
+from worker.sync import reverse, reverse_comments
 
 bp = Blueprint("tickets", __name__, url_prefix="/api/tickets")
 
@@ -71,7 +72,7 @@ def _fields(body: dict, *, creating: bool) -> dict:
 
 @bp.get("")
 def list_tickets():
-    repo = request.args.get("bitbucket_repo")
+    repo = text_param("bitbucket_repo")
     connection_name = request.args.get("connection")
     issue_id = positive_int(request.args.get("bitbucket_issue"), "bitbucket_issue")
     limit = limit_param()
@@ -102,7 +103,7 @@ def _load(session, ticket_id: int) -> tuple[Ticket | None, Link | None]:
     return ticket, link
 
 
-@bp.get("/<int:ticket_id>")
+@bp.get(f"/<int(max={MAX_ID}):ticket_id>")
 def get_ticket(ticket_id: int):
     with sessions()() as session:
         ticket, link = _load(session, ticket_id)
@@ -126,10 +127,10 @@ def create_ticket():
         return jsonify(ticket_json(ticket, link)), 201
 
 
-@bp.patch("/<int:ticket_id>")
+@bp.patch(f"/<int(max={MAX_ID}):ticket_id>")
 def update_ticket(ticket_id: int):
     values = _fields(json_body(), creating=False)
-    actor = request.headers.get("X-Actor", "")[:255] or None
+    actor = actor_header()
     with sessions().begin() as session:
         # Same lock order as the worker (link, then ticket), or the two could deadlock.
         session.scalars(select(Link.id).where(Link.target_id == str(ticket_id)).with_for_update(key_share=True)).all()
@@ -149,7 +150,7 @@ def update_ticket(ticket_id: int):
         return jsonify(ticket_json(ticket, link))
 
 
-@bp.post("/<int:ticket_id>/comments")
+@bp.post(f"/<int(max={MAX_ID}):ticket_id>/comments")
 def add_comment(ticket_id: int):
     body = json_body()
     text = text_field(body, "body", required=True)
@@ -163,7 +164,7 @@ def add_comment(ticket_id: int):
         comment = TicketComment(ticket_id=ticket_id, body=text, internal=internal, author=author)
         session.add(comment)
         session.flush()
-        links = reverse.record_ticket_comment(session, comment)
+        links = reverse_comments.record_ticket_comment(session, comment)
         result = {"id": comment.id, "body": comment.body, "internal": comment.internal,
                   "author": comment.author, "created_at": comment.created_at.isoformat()}
     for link_id in links:
@@ -171,7 +172,7 @@ def add_comment(ticket_id: int):
     return jsonify(result), 201
 
 
-@bp.post("/<int:ticket_id>/attachments")
+@bp.post(f"/<int(max={MAX_ID}):ticket_id>/attachments")
 def upload_attachments(ticket_id: int):
     files = request.files.getlist("files") or list(request.files.values())
     if not files:
@@ -197,7 +198,7 @@ def upload_attachments(ticket_id: int):
     return jsonify({"attachments": stored}), 201
 
 
-@bp.get("/<int:ticket_id>/attachments/<path:name>")
+@bp.get(f"/<int(max={MAX_ID}):ticket_id>/attachments/<path:name>")
 def download_attachment(ticket_id: int, name: str):
     with sessions()() as session:
         row = session.scalar(select(TicketAttachment).where(
@@ -213,7 +214,7 @@ def _quote(name: str) -> str:
     return quote(name, safe="")
 
 
-@bp.post("/<int:ticket_id>/escalate")
+@bp.post(f"/<int(max={MAX_ID}):ticket_id>/escalate")
 def escalate(ticket_id: int):
     body = json_body()
     repo = text_field(body, "repo", required=True, max_len=201)
@@ -227,7 +228,7 @@ def escalate(ticket_id: int):
         ticket_id=ticket_id, repo=repo, connection=text_field(body, "connection", max_len=64),
         kind=text_field(body, "kind", max_len=32), include_comments=include,
         attachments=tuple(dict.fromkeys(attachments)),
-        actor=request.headers.get("X-Actor", "")[:255] or None)
+        actor=actor_header())
     try:
         result = escalation.escalate(req)
     except LookupError as exc:

@@ -12,9 +12,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from config.settings import get_settings
 from worker.celery_app import app, max_task_delay
 from worker.bitbucket import errors as bitbucket_errors
-from worker.db.models import Delivery, OutgoingChange, utcnow
+from worker.db.models import Delivery, utcnow
 from worker.db.session import transaction
-from worker.sync import deliveries, forward, push
+from worker.sync import deliveries, forward, push, reverse
 
 log = logging.getLogger("bbsync.tasks")
 
@@ -142,8 +142,7 @@ def requeue_pending(older_than: timedelta = REQUEUE_AFTER) -> int:
     with transaction() as session:
         ids = list(session.scalars(select(Delivery.id).where(
             Delivery.status == "received", Delivery.received_at <= cutoff).order_by(Delivery.received_at)))
-        links = list(session.scalars(select(OutgoingChange.link_id).where(
-            OutgoingChange.state.in_(("pending", "sending")), OutgoingChange.created_at <= cutoff).distinct()))
+        links = reverse.waiting_links(session, cutoff)
     return sum(enqueue_delivery(i) for i in ids) + sum(enqueue("push_link", i) for i in links)
 
 

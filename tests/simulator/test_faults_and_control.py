@@ -40,7 +40,7 @@ def test_faults_are_logged_and_consumed_in_order(api, state):
     state.faults.add(status=429, times=1)
     assert [api.get("issues").status_code for _ in range(3)] == [500, 429, 200]
     assert [entry.status for entry in state.request_log[-3:]] == [500, 429, 200]
-    assert state.faults.pending() == {"faults": [], "drop_webhooks": 0}
+    assert state.faults.pending() == {"faults": [], "slow": [], "drop_webhooks": 0}
 
 
 def test_faults_do_not_touch_the_control_api_or_token_endpoint(app, state):
@@ -152,3 +152,38 @@ def test_optional_rate_limit_counts_per_credential(api, app, state):
     assert api.get("issues").status_code == 200
     assert app.test_client().post("/_sim/settings",
                                   json={"rate_limit_per_hour": 0}).status_code == 400
+
+
+def test_a_slow_answer_takes_effect_after_its_delay(api, app, state):
+    import threading
+    import time
+    create_issue(api)
+    state.faults.slow(0.4, times=1, method="POST", path=r"/comments$")
+    posted = []
+    started = time.monotonic()
+    writer = threading.Thread(target=lambda: posted.append(
+        api.post("issues/1/comments", json={"content": {"raw": "late"}})))
+    writer.start()
+    time.sleep(0.2)
+    # Halfway through the delay the comment does not exist yet, as with a request on its way.
+    assert api.get("issues/1/comments").json["size"] == 0
+    writer.join(5)
+    assert posted[0].status_code == 201 and time.monotonic() - started >= 0.4
+    assert api.get("issues/1/comments").json["size"] == 1
+    # Consumed: the next POST is served at once.
+    quick = time.monotonic()
+    assert api.post("issues/1/comments", json={"content": {"raw": "quick"}}).status_code == 201
+    assert time.monotonic() - quick < 0.4
+
+
+def test_slow_answers_over_http_and_their_limits(app, state):
+    client = app.test_client()
+    added = client.post("/_sim/faults", json={"delay": 0.25, "times": 3, "method": "post", "path": "/comments"})
+    assert added.status_code == 201
+    assert added.json["slow"] == [{"delay": 0.25, "status": 0, "times": 3, "method": "POST", "path": "/comments"}]
+    for bad in ({"delay": 0}, {"delay": -1}, {"delay": 60}, {"delay": "soon"}, {"delay": 1, "times": 0},
+                {"delay": 1, "path": "("}):
+        assert client.post("/_sim/faults", json=bad).status_code == 400, bad
+    assert len(client.get("/_sim/faults").json["slow"]) == 1  # the refused ones added nothing
+    assert client.delete("/_sim/faults").status_code == 204
+    assert client.get("/_sim/faults").json["slow"] == []

@@ -68,6 +68,18 @@ class BitbucketClient:
     def __repr__(self) -> str:
         return f"BitbucketClient({self._base_url!r}, key={self._credential_key!r})"
 
+    def longest_call_seconds(self) -> float:
+        """An upper bound on how long one call may take, retries included: a retry starts only
+        while `max_retry_seconds` have not passed, and the attempt it starts may send up to
+        three requests (the call, an OAuth refresh, the call again after a 401), each waiting
+        for the budget and then using its full timeouts. A claim on a write that must not be
+        made twice has to outlast it (worker.sync.claims)."""
+        t = self._http.timeout
+        per_request = sum(x or 0 for x in (t.connect, t.read, t.write, t.pool))
+        if self._budget is not None:
+            per_request += self._budget_max_wait if self._budget_max_wait is not None else self._budget.max_wait
+        return self._max_retry_seconds + 3 * per_request
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:

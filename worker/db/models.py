@@ -270,6 +270,10 @@ class OutgoingChange(Base):
     ticket_comment_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # pending -> sending -> sent | failed | dismissed
     state: Mapped[str] = mapped_column(String(16), default="pending")
+    # While `sending`: the attempt that holds the row until this time is the only one that may
+    # make the remote write (worker.sync.claims). Expired or empty: a resumed attempt looks for
+    # its marker before writing again.
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     sent_values: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     unechoed: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # sent values not yet seen back
     # Values Bitbucket held just before our write when they were not the ones we believed: a

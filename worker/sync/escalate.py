@@ -2,8 +2,9 @@
 
 Every step is idempotent, so a retry after a failure at any point (even mid-upload) finishes
 the job without a second issue:
-- an `escalations` row per (connection, ticket) is the claim; whoever holds an unexpired claim
-  does the remote work, a concurrent caller waits for its result;
+- an `escalations` row per (connection, ticket) is the claim (worker.sync.claims); whoever
+  holds an unexpired claim does the remote work, a concurrent caller waits for its result;
+  the holder renews it before each remote write, and stops if it lapsed and another took it;
 - the issue's description carries an invisible marker, so an issue created by an attempt that
   died before recording it is found by a search instead of created again;
 - attachments are re-uploaded by name (Bitbucket replaces a same-named file), and the names
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -24,11 +24,10 @@ from worker.db.models import (Connection, ConnectionRepo, Escalation, Link, Shad
                               TicketAttachment, TicketComment, utcnow)
 from worker.db.session import transaction
 from worker.engine.events import SYNCED_FIELDS, display_name, parse_time
-from worker.sync import reverse
+from worker.sync import claims, reverse
 from worker.sync.clients import client_for
 from worker.sync.markers import ticket_marker, ticket_search_token
 
-CLAIM = timedelta(minutes=2)
 EXCERPT_CHARS = 600
 KINDS = ("bug", "enhancement", "proposal", "task")
 
@@ -58,19 +57,21 @@ class Result:
 
 
 def escalate(req: Request, client_factory=client_for, wait_seconds: float = 30.0) -> Result:
-    esc_id, conn_id, conn_name, done = _claim(req, wait_seconds)
+    esc_id, conn_id, conn_name, done, token = _claim(req, wait_seconds)
     if done is not None:
         return done
-    client = client_factory(conn_id)
+    held = [token]
     try:
-        return _run(esc_id, conn_id, conn_name, req, client)
+        client = client_factory(conn_id)
+        return _run(esc_id, conn_id, conn_name, req, client, held)
     except Exception as exc:
-        # Give the claim back, so that a retry (or a caller waiting on this one) resumes now
-        # rather than when the claim expires. Bitbucket's errors say what went wrong; others
-        # only name their type (a database error's text carries SQL and values).
+        # Give the claim back (if it is still ours), so that a retry (or a caller waiting on
+        # this one) resumes now rather than when the claim expires. Bitbucket's errors say what
+        # went wrong; others only name their type (a database error's text carries SQL).
         with transaction() as session:
             esc = session.get(Escalation, esc_id)
-            esc.claimed_until = None
+            if esc.claimed_until == held[0]:
+                esc.claimed_until = None
             esc.error = (f"{exc.__class__.__name__}: {exc}" if isinstance(exc, BitbucketError)
                          else exc.__class__.__name__)[:2000]
             if isinstance(exc, TrackerRemoved):
@@ -122,7 +123,7 @@ def _claim(req: Request, wait_seconds: float):
             # done is resumed even if the issue's webhook already linked the ticket.
             if link is not None and (esc is None or esc.state == "done"):
                 return None, conn.id, conn.name, Result(conn.name, link.bitbucket_repo,
-                                                        link.bitbucket_issue_id, link.bitbucket_url, False)
+                                                        link.bitbucket_issue_id, link.bitbucket_url, False), None
             if esc is None:
                 try:
                     with session.begin_nested():
@@ -134,12 +135,13 @@ def _claim(req: Request, wait_seconds: float):
                 except IntegrityError:
                     continue  # a concurrent caller created it first: look again
             now = utcnow()
+            token = claims.until(now)
             claimed = session.execute(
                 update(Escalation).where(Escalation.id == esc.id, (Escalation.claimed_until.is_(None)) |
                                          (Escalation.claimed_until < now))
-                .values(claimed_until=now + CLAIM, error=None)).rowcount
+                .values(claimed_until=token, error=None)).rowcount
             if claimed:
-                return esc.id, conn.id, conn.name, None
+                return esc.id, conn.id, conn.name, None, token
         if time.monotonic() > deadline:
             raise TimeoutError(f"ticket {req.ticket_id} is being escalated by another request")
         time.sleep(0.2)
@@ -169,7 +171,19 @@ def _issue_body(session, conn: Connection, esc: Escalation, ticket: Ticket) -> d
     }
 
 
-def _run(esc_id: int, conn_id: int, conn_name: str, req: Request, client) -> Result:
+def _renew(esc_id: int, held: list) -> None:
+    """Extend this attempt's claim before a remote write. If it lapsed and another attempt took
+    it over, stop here: that attempt makes the write (after looking for our marker)."""
+    fresh = claims.until()
+    with transaction() as session:
+        renewed = session.execute(update(Escalation).where(
+            Escalation.id == esc_id, Escalation.claimed_until == held[0]).values(claimed_until=fresh)).rowcount
+    if not renewed:
+        raise claims.Lost(f"escalation {esc_id} was taken over by another request after this one's claim lapsed")
+    held[0] = fresh
+
+
+def _run(esc_id: int, conn_id: int, conn_name: str, req: Request, client, held: list) -> Result:
     with transaction() as session:
         esc = session.get(Escalation, esc_id)
         conn = session.get(Connection, conn_id)
@@ -181,7 +195,9 @@ def _run(esc_id: int, conn_id: int, conn_name: str, req: Request, client) -> Res
         # A previous attempt may have created it and died: look for our marker first.
         token = ticket_search_token(conn_name, req.ticket_id)
         issue = next(iter(client.iter_issues(req.repo, q=f'content.raw ~ "{token}"')), None)
-        issue = issue or client.create_issue(req.repo, body)
+        if issue is None:
+            _renew(esc_id, held)
+            issue = client.create_issue(req.repo, body)
         issue_id = issue["id"]
         with transaction() as session:
             session.get(Escalation, esc_id).bitbucket_issue_id = issue_id
@@ -194,6 +210,7 @@ def _run(esc_id: int, conn_id: int, conn_name: str, req: Request, client) -> Res
         files = [(a.name, a.data, a.content_type) for a in session.scalars(select(TicketAttachment).where(
             TicketAttachment.ticket_id == esc.ticket_id, TicketAttachment.name.in_(todo)))]
     if files:
+        _renew(esc_id, held)
         client.upload_attachments(req.repo, issue_id, files, retry_unsafe=True)  # same name replaces
         with transaction() as session:
             esc = session.get(Escalation, esc_id)

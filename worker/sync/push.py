@@ -10,7 +10,7 @@ import logging
 from worker.bitbucket.errors import RETRYABLE as REMOTE_RETRYABLE
 from worker.bitbucket.errors import BitbucketError, TrackerRemoved
 from worker.db.session import transaction
-from worker.sync import reverse
+from worker.sync import reverse, reverse_comments
 from worker.sync.clients import client_for
 from worker.sync.markers import comment_marker
 
@@ -18,43 +18,70 @@ log = logging.getLogger("bbsync.sync")
 
 
 def push_link(link_id: int, client_factory=client_for) -> str:
-    with transaction() as session:
-        plan = reverse.plan_fields(session, link_id)
-    outcome = "nothing to push"
-    if plan is not None:
-        client = client_factory(plan.connection_id)
+    done: list[str] = []
+    while True:
+        with transaction() as session:
+            plan = reverse.plan_fields(session, link_id)
+        if plan is None:
+            break
         try:
+            client = client_factory(plan.connection_id)
             # Re-applying the same values changes nothing, so this write may be retried freely.
             result = client.post_change(plan.repo, plan.issue_id, plan.change_body(), retry_unsafe=True)
         except BitbucketError as exc:
             _failed(link_id, plan.connection_id, plan.outbox_ids, exc)
             raise_if_retryable(exc)
             return f"failed: {exc}"
-        with transaction() as session:
-            again = reverse.finish_fields(session, plan, result)
-        outcome = f"pushed {', '.join(f.field for f in plan.fields)}"
-        if again:
-            return outcome + "; " + push_link(link_id, client_factory)
-        log.info("sync.pushed link=%s fields=%s", link_id, [f.field for f in plan.fields])
-
-    with transaction() as session:
-        comments = reverse.plan_comments(session, link_id)
-    for item in comments:
-        client = client_factory(item.connection_id)
+        except BaseException:
+            _give_back(plan.attempts, written=set(plan.attempts))
+            raise
         try:
-            posted = _find_posted(client, item) if item.resume else None
-            posted = posted or client.create_comment(item.repo, item.issue_id, item.body)
-        except BitbucketError as exc:
-            _failed(link_id, item.connection_id, [item.outbox_id], exc)
-            raise_if_retryable(exc)
-            continue
+            with transaction() as session:
+                again = reverse.finish_fields(session, plan, result)
+        except BaseException:
+            _give_back(plan.attempts, written=set(plan.attempts))
+            raise
+        done.append(f"pushed {', '.join(f.field for f in plan.fields)}")
+        log.info("sync.pushed link=%s fields=%s", link_id, [f.field for f in plan.fields])
+        if not again:
+            break
+
+    # Comments are planned again after each batch: while this attempt held the link's
+    # comments, other pushes left the replies that came in meanwhile to it.
+    while True:
         with transaction() as session:
-            reverse.finish_comment(session, item, posted)
-        outcome += f"; comment {item.ticket_comment_id} posted"
-    return outcome
+            comments = reverse_comments.plan_comments(session, link_id)
+        if not comments:
+            return "; ".join(done) or "nothing to push"
+        for index, item in enumerate(comments):
+            rest = comments[index + 1:]
+            try:
+                client = client_factory(item.connection_id)
+                posted = _find_posted(client, item) if item.resume else None
+                posted = posted or client.create_comment(item.repo, item.issue_id, item.body)
+                with transaction() as session:
+                    reverse_comments.finish_comment(session, item, posted)
+            except BitbucketError as exc:
+                _failed(link_id, item.connection_id, [item.outbox_id], exc)
+                if isinstance(exc, REMOTE_RETRYABLE):
+                    _give_back({p.outbox_id: p.attempt for p in rest}, {p.outbox_id for p in rest if p.resume})
+                    raise
+                continue
+            except BaseException:
+                # Anything else (the database, say): the retry resumes at once instead of
+                # waiting for the claims to lapse; this comment may have been posted.
+                _give_back({p.outbox_id: p.attempt for p in [item, *rest]},
+                           {item.outbox_id} | {p.outbox_id for p in rest if p.resume})
+                raise
+            done.append(f"comment {item.ticket_comment_id} posted")
 
 
-def _find_posted(client, item: reverse.CommentPush) -> dict | None:
+def _give_back(claimed: dict[int, int], written: set[int]) -> None:
+    with transaction() as session:
+        reverse.release(session, claimed, written)
+
+
+def _find_posted(client, item: reverse_comments.CommentPush) -> dict | None:
     """A previous attempt may have posted the comment and died before recording it: find it
     by its marker rather than post it twice (one read, only on a resumed attempt)."""
     marker = comment_marker(item.connection, item.ticket_comment_id)
@@ -79,10 +106,7 @@ def _failed(link_id: int, connection_id: int, outbox_ids: list[int], exc: Bitbuc
 
 
 def give_up(link_id: int, reason: str) -> None:
-    """After the task's last retry: the outbox rows are marked failed, kept for a replay."""
-    from sqlalchemy import select
-    from worker.db.models import OutgoingChange
+    """After the task's last retry: the outbox rows are marked failed, kept for a replay (not
+    those another attempt holds a live claim on: that attempt is writing them now)."""
     with transaction() as session:
-        ids = list(session.scalars(select(OutgoingChange.id).where(
-            OutgoingChange.link_id == link_id, OutgoingChange.state.in_(("pending", "sending")))))
-        reverse.fail(session, link_id, ids, reason, permanent=True)
+        reverse.fail(session, link_id, reverse.unheld_rows(session, link_id), reason, permanent=True)

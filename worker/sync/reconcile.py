@@ -90,8 +90,9 @@ from worker.bitbucket.errors import BitbucketError, NotFound, TrackerRemoved
 from worker.db.models import (Base, CommentLink, Connection, Delivery, LedgerEntry, Link, OutgoingChange,
                               TicketComment, UTCDateTime, utcnow)
 from worker.db.session import insert_ignoring_duplicates, transaction
-from worker.engine.events import parse_time
-from worker.sync import deliveries, forward
+from worker.engine.events import NAME_LIMIT, comment_body, parse_time
+from worker.engine.text import clean
+from worker.sync import deliveries, forward, reverse
 from worker.sync.clients import client_for
 from worker.sync.markers import find_comment_marker
 
@@ -345,7 +346,7 @@ class Importer:
         self.report.api_calls += _pages_for(len(listed), self.pagelen)
         self.report.comment_scans += 1
         present = {c.get("id") for c in listed}
-        real = [c for c in listed if _comment_text(c) is not None and _is_int(c.get("id"))]
+        real = [c for c in listed if comment_body(c) is not None and _is_int(c.get("id"))]
         del listed
         with transaction() as session:
             link = session.scalar(select(Link).where(
@@ -382,21 +383,27 @@ class Importer:
             self._process(delivery_id, status, fresh)
 
     def _edited(self, session: Session, link: Link, cl: CommentLink, comment: dict) -> None:
-        text = _comment_text(comment)
+        # Cleaned as normalize cleans a comment (the note holds the cleaned text, so an
+        # unchanged comment compares equal); what was changed goes in the ledger line.
+        text, cleaned = clean("comment", comment_body(comment))
         if find_comment_marker(text, self.connection) is not None or self._from_helpdesk(session, link, cl):
             return  # our post of a helpdesk comment: the helpdesk is its origin
         note = session.get(TicketComment, _int(cl.target_comment_id))
         if note is None or note.body == text:
             return
         old, note.body = note.body, text
+        author = _display_name(comment.get("user"))
+        if author is not None:
+            author = clean("comment author", author, NAME_LIMIT)[0] or None
         ledger.record(session, connection_id=self.connection_id, direction=forward.DIRECTION,
                       outcome="applied", field="comment", link_id=link.id,
-                      actor=_display_name(comment.get("user")), bitbucket_value=str(comment["id"]),
+                      actor=author, bitbucket_value=str(comment["id"]),
                       old_value=forward._excerpt(old), new_value=forward._excerpt(text),
                       bitbucket_at=parse_time(comment.get("updated_on")),
                       detail=f"Bitbucket comment {comment['id']} was edited; internal note "
                              f"{note.id} updated (Bitbucket sends no webhook for comment edits: "
-                             f"found by reconciliation)")
+                             f"found by reconciliation)"
+                             + (f"; text cleaned before storing: {cleaned}" if cleaned else ""))
         self.report.comment_edits += 1
 
     def _deleted(self, session: Session, link: Link, cl: CommentLink) -> None:
@@ -440,7 +447,7 @@ class Importer:
         (id, status, inserted). A new one is stored with its first run already counted (the
         run starts right after this commits), which saves a transaction per issue."""
         row = dict(id=uuid.uuid4().hex, connection_id=self.connection_id, request_uuid=request_uuid,
-                   hook_uuid=None, event_key=event_key, attempt=1, body=json.dumps(body),
+                   hook_uuid=None, event_key=event_key, attempt=1, body=_dumps(body),
                    issue_key=key[:300], status="received", runs=1, error=None, received_at=utcnow())
         dialect = session.get_bind().dialect.name
         if session.execute(insert_ignoring_duplicates(dialect, Delivery.__table__), row).first():
@@ -513,10 +520,12 @@ class Importer:
         self.report.errors.append(f"delivery {delivery_id} dead-lettered: {exc.__class__.__name__}")
 
 
-def _comment_text(comment: dict) -> str | None:
-    content = comment.get("content")
-    raw = content.get("raw") if isinstance(content, dict) else None
-    return raw if isinstance(raw, str) and raw.strip() else None
+def _dumps(body: dict) -> str:
+    """A synthetic delivery's body. The REST API's text may hold lone surrogates (its JSON is
+    parsed by the stdlib, which accepts "\\ud800"): ensure_ascii writes them back as escapes,
+    which the worker's json.loads reads and normalize cleans, where orjson (or UTF-8) would
+    refuse them and the issue would never be imported."""
+    return json.dumps(body, ensure_ascii=True)
 
 
 def _is_int(value: Any) -> bool:
@@ -691,10 +700,7 @@ def _stuck_work(report: ReconcileReport, connection_id: int, stuck_after: timede
     """The helpdesk side: pushes and deliveries that should have happened long ago."""
     cutoff = utcnow() - stuck_after
     with transaction() as session:
-        report.stuck_links = list(session.scalars(select(OutgoingChange.link_id).where(
-            OutgoingChange.connection_id == connection_id,
-            OutgoingChange.state.in_(("pending", "sending")),
-            OutgoingChange.created_at <= cutoff).distinct().order_by(OutgoingChange.link_id)))
+        report.stuck_links = reverse.waiting_links(session, cutoff, connection_id)
         waiting = list(session.scalars(select(Delivery.id).where(
             Delivery.connection_id == connection_id, Delivery.status == "received",
             Delivery.received_at <= cutoff).order_by(Delivery.received_at)))

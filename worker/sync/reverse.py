@@ -1,13 +1,19 @@
-"""Reverse sync: local helpdesk edits -> Bitbucket, through the outbox.
+"""Reverse sync: local helpdesk edits -> Bitbucket, through the outbox (comments: in
+worker.sync.reverse_comments, on the same outbox and claims).
 
 Each push is three steps, so that no database lock is held across a remote call:
 1. plan (one transaction): lock the link, decide each changed field against the shadow, and
    mark the outbox rows `sending` with the values about to be written, committed before the
    call, so the webhook Bitbucket fires back is recognised as our echo whenever it arrives;
+   the rows are claimed by this attempt (worker.sync.claims);
 2. send: ONE Bitbucket write for all field changes of the issue (POST .../changes, which
    records a change on Bitbucket's side);
 3. finish (one transaction): move the shadows, mark the rows sent, write the ledger.
-A crash between 2 and 3 re-plans the same values: the second write changes nothing.
+While one attempt holds a link's field rows or comment rows, another plans none of that kind
+for the link (the holder goes on with what is pending when it finishes), so two writes of one
+issue never cross and comments keep their order. A crash between 2 and 3 leaves the claim to
+lapse; the next attempt re-plans the same values (the second write changes nothing) or, for
+a comment, finds it by its marker instead of posting it again.
 """
 from __future__ import annotations
 
@@ -15,15 +21,15 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from worker import connections, ledger
-from worker.db.models import (CommentLink, Conflict, Connection, Link, OutgoingChange, Shadow, TicketComment,
-                              utcnow)
-from worker.engine.events import parse_time
+from worker.db.models import Conflict, Connection, Link, OutgoingChange, Shadow, utcnow
+from worker.engine.events import LIMITS, parse_time
 from worker.engine.merge import ShadowPair, decide_field
-from worker.sync.markers import comment_marker
+from worker.engine.text import clean
+from worker.sync import claims
 from worker.targets.local import LocalHelpdesk
 
 log = logging.getLogger("bbsync.sync")
@@ -55,6 +61,7 @@ class PushPlan:
     outbox_ids: list[int]
     fields: list[FieldPush] = field(default_factory=list)
     actor: str | None = None
+    attempts: dict[int, int] = field(default_factory=dict)  # outbox id -> this attempt's number
 
     def change_body(self) -> dict[str, dict[str, str | None]]:
         return {BITBUCKET_KEYS[f.field]: {"new": f.bitbucket_value} for f in self.fields}
@@ -90,7 +97,10 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
     if not rows:
         return None
     if conn.tracker_removed_at is not None:
-        _give_up(session, conn, link, rows, "the repository's issue tracker was removed (410)")
+        give_up(session, conn, link, rows, "the repository's issue tracker was removed (410)")
+        return None
+    now = utcnow()
+    if held(rows, now):
         return None
 
     tables = connections.tables_for(conn)
@@ -147,10 +157,38 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
         left = {k: v for k, v in (older.unechoed or {}).items() if k not in sent}
         if left != older.unechoed:
             older.unechoed = left or None
+    claimed_until = claims.until(now)
     for r in rows:
         r.state, r.attempts, r.sent_values = "sending", r.attempts + 1, pairs
+        r.claimed_until = claimed_until
         r.unechoed = dict(sent) if r is rows[-1] else None
+        plan.attempts[r.id] = r.attempts
     return plan
+
+
+def waiting_links(session: Session, created_before: datetime, connection_id: int | None = None) -> list[int]:
+    """Links with outbox rows that no attempt holds, older than `created_before`: pushes that
+    were lost (a broker outage) or whose holder died (its claim lapsed)."""
+    query = select(OutgoingChange.link_id).where(_unheld(), OutgoingChange.created_at <= created_before)
+    if connection_id is not None:
+        query = query.where(OutgoingChange.connection_id == connection_id)
+    return list(session.scalars(query.distinct().order_by(OutgoingChange.link_id)))
+
+
+def unheld_rows(session: Session, link_id: int) -> list[int]:
+    """A link's outbox rows still to write that no attempt is writing now."""
+    return list(session.scalars(select(OutgoingChange.id).where(OutgoingChange.link_id == link_id, _unheld())))
+
+
+def _unheld():
+    return OutgoingChange.state.in_(("pending", "sending")) & or_(
+        OutgoingChange.claimed_until.is_(None), OutgoingChange.claimed_until <= utcnow())
+
+
+def held(rows: list[OutgoingChange], now: datetime) -> bool:
+    """Another attempt is writing rows of this kind for the link now: it pushes what is
+    pending when it finishes, so this one leaves them all alone."""
+    return any(r.state == "sending" and claims.is_live(r.claimed_until, now) for r in rows)
 
 
 def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> bool:
@@ -167,6 +205,8 @@ def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> bool
     for f in plan.fields:
         believed = f.base.dest if f.base else None
         old = before.get(BITBUCKET_KEYS[f.field])
+        if isinstance(old, str):  # Bitbucket's text, compared with and stored beside cleaned text
+            old = clean(f.field, old, LIMITS[f.field])[0]
         if old and old not in (believed, f.bitbucket_value):
             # Bitbucket changed it concurrently; its webhook decides (forward._overwritten).
             overwritten[f.field] = {"was": old, "base": believed}
@@ -183,17 +223,20 @@ def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> bool
     # them (forward checks per field). The link's own watermark is left alone: it says which
     # Bitbucket snapshot we last read whole, and our write told us nothing of the other fields.
     for r in session.scalars(select(OutgoingChange).where(OutgoingChange.id.in_(plan.outbox_ids))):
-        if r.state == "sending":
-            r.state, r.sent_at, r.error = "sent", utcnow(), None
+        if r.state == "sending" and r.attempts == plan.attempts.get(r.id):
+            r.state, r.sent_at, r.error, r.claimed_until = "sent", utcnow(), None, None
             r.overwritten = overwritten or None
     # The ticket may have changed while the write was in flight (an agent, or a forward
-    # decision): whatever now differs from what we wrote goes out in another push.
+    # decision): whatever now differs from what we wrote goes out in another push, and so do
+    # edits that other pushes left to us while we held the link's fields.
     current = LocalHelpdesk(session).read(link.target_id).fields
     moved = [f.field for f in plan.fields if current.get(f.field) != f.target_value]
     if moved:
         session.add(OutgoingChange(connection_id=plan.connection_id, link_id=link.id, kind="fields",
                                    fields=moved, actor=plan.actor))
-    return bool(moved)
+    return session.scalar(select(OutgoingChange.id).where(
+        OutgoingChange.link_id == link.id, OutgoingChange.kind == "fields",
+        OutgoingChange.state == "pending").limit(1)) is not None
 
 
 def _set_shadow(session: Session, link_id: int, name: str, row: Shadow | None, bitbucket_value,
@@ -206,7 +249,7 @@ def _set_shadow(session: Session, link_id: int, name: str, row: Shadow | None, b
         row.bitbucket_at = bitbucket_at
 
 
-def _give_up(session: Session, conn: Connection, link: Link, rows: list[OutgoingChange], reason: str) -> None:
+def give_up(session: Session, conn: Connection, link: Link, rows: list[OutgoingChange], reason: str) -> None:
     for r in rows:
         r.state, r.error = "failed", reason
     ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="failed",
@@ -214,10 +257,12 @@ def _give_up(session: Session, conn: Connection, link: Link, rows: list[Outgoing
 
 
 def fail(session: Session, link_id: int, outbox_ids: list[int], reason: str, *, permanent: bool) -> None:
-    """Record a failed push; permanent failures stop retrying (the rows stay for a replay)."""
+    """Record a failed push; permanent failures stop retrying (the rows stay for a replay). The
+    claim is given back: the write may have reached Bitbucket, so the rows stay `sending` and
+    the next attempt resumes them (it looks for the marker first)."""
     rows = list(session.scalars(select(OutgoingChange).where(OutgoingChange.id.in_(outbox_ids))))
     for r in rows:
-        r.error = reason[:2000]
+        r.error, r.claimed_until = reason[:2000], None
         if permanent:
             r.state = "failed"
     if permanent and rows:
@@ -234,80 +279,13 @@ def mark_tracker_removed(session: Session, connection_id: int) -> None:
                              "Bitbucket stops for this connection; all data held here is kept.")
 
 
-# --- comments ---------------------------------------------------------------------------------
-
-@dataclass
-class CommentPush:
-    connection_id: int
-    connection: str
-    link_id: int
-    outbox_id: int
-    repo: str
-    issue_id: int
-    ticket_comment_id: int
-    body: str
-    resume: bool  # a previous attempt may have posted it: look for our marker first
-
-
-def record_ticket_comment(session: Session, comment: TicketComment) -> list[int]:
-    """Queue a helpdesk comment for Bitbucket. Internal notes stay local unless the
-    connection explicitly says otherwise (privacy fails closed)."""
-    links = list(session.scalars(select(Link).where(Link.target_id == str(comment.ticket_id))))
-    queued = []
-    for link in links:
-        conn = session.get(Connection, link.connection_id)
-        if comment.internal and not conn.push_internal_notes:
-            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="noop",
-                          field="comment", link_id=link.id, actor=comment.author,
-                          detail=f"internal note {comment.id} kept in the helpdesk")
-            continue
-        session.add(OutgoingChange(connection_id=conn.id, link_id=link.id, kind="comment",
-                                   ticket_comment_id=comment.id, actor=comment.author))
-        queued.append(link.id)
-    return queued
-
-
-def format_comment(connection: str, comment: TicketComment) -> str:
-    who = comment.author or "Support"
-    return f"{comment.body}\n\n*{who}, via the helpdesk*\n\n{comment_marker(connection, comment.id)}"
-
-
-def plan_comments(session: Session, link_id: int) -> list[CommentPush]:
-    link = session.scalar(select(Link).where(Link.id == link_id).with_for_update(key_share=True))
-    if link is None:
-        return []
-    conn = session.get(Connection, link.connection_id)
-    rows = list(session.scalars(select(OutgoingChange).where(
-        OutgoingChange.link_id == link.id, OutgoingChange.kind == "comment",
-        OutgoingChange.state.in_(("pending", "sending"))).order_by(OutgoingChange.id)))
-    if rows and conn.tracker_removed_at is not None:
-        _give_up(session, conn, link, rows, "the repository's issue tracker was removed (410)")
-        return []
-    plans = []
-    for r in rows:
-        done = session.scalar(select(CommentLink.id).where(
-            CommentLink.link_id == link.id, CommentLink.target_comment_id == str(r.ticket_comment_id)))
-        if done is not None:
-            r.state, r.sent_at = "sent", utcnow()
-            continue
-        comment = session.get(TicketComment, r.ticket_comment_id)
-        plans.append(CommentPush(conn.id, conn.name, link.id, r.id, link.bitbucket_repo,
-                                 link.bitbucket_issue_id, comment.id, format_comment(conn.name, comment),
-                                 resume=r.state == "sending"))
-        r.state, r.attempts = "sending", r.attempts + 1
-    return plans
-
-
-def finish_comment(session: Session, push: CommentPush, bitbucket_comment: dict) -> None:
-    exists = session.scalar(select(CommentLink.id).where(
-        CommentLink.link_id == push.link_id, CommentLink.bitbucket_comment_id == bitbucket_comment["id"]))
-    if exists is None:
-        session.add(CommentLink(link_id=push.link_id, bitbucket_comment_id=bitbucket_comment["id"],
-                                target_comment_id=str(push.ticket_comment_id)))
-    row = session.get(OutgoingChange, push.outbox_id)
-    row.state, row.sent_at, row.error = "sent", utcnow(), None
-    ledger.record(session, connection_id=push.connection_id, direction=DIRECTION, outcome="applied",
-                  field="comment", link_id=push.link_id, actor=row.actor,
-                  new_value=str(bitbucket_comment["id"]),
-                  detail=f"helpdesk comment {push.ticket_comment_id} posted as Bitbucket comment "
-                         f"{bitbucket_comment['id']}")
+def release(session: Session, claimed: dict[int, int], written: set[int]) -> None:
+    """Give back this attempt's claims (outbox id -> its attempt number) on rows it will not
+    finish: those it may have written (`written`) stay `sending`, so the next attempt resumes
+    them (looking for the marker first); the others wait as `pending`. A row another attempt
+    took over meanwhile is left to it."""
+    for r in session.scalars(select(OutgoingChange).where(OutgoingChange.id.in_(list(claimed)))):
+        if r.state == "sending" and r.attempts == claimed[r.id]:
+            r.claimed_until = None
+            if r.id not in written:
+                r.state = "pending"

@@ -5,10 +5,11 @@ remote write and the local commit)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import httpx2
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from simulator.app import create_app as create_simulator
 from simulator.state import SimulatorState
@@ -17,7 +18,7 @@ from worker import connections
 from worker.bitbucket.client import BitbucketClient
 from worker.bitbucket.auth import ApiTokenAuth
 from worker.bitbucket.credentials import parse_api_token
-from worker.db.models import Delivery
+from worker.db.models import Delivery, OutgoingChange, utcnow
 from worker.db.session import transaction
 from worker.sync import forward
 
@@ -50,6 +51,14 @@ class Harness:
 
     def client_factory(self, _connection_id: int) -> BitbucketClient:
         return self.client
+
+
+def let_claims_lapse() -> int:
+    """What the passing of `claims.CLAIM` does to the claims of a worker that died: they
+    expire. Returns how many there were."""
+    with transaction() as session:
+        return session.execute(update(OutgoingChange).where(OutgoingChange.claimed_until.is_not(None))
+                               .values(claimed_until=utcnow() - timedelta(seconds=1))).rowcount
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Model-based property test of the whole sync: random edits on both sides, with webhooks
 dropped, duplicated and reordered, workers crashing between a remote write and its commit,
-and 429/5xx from Bitbucket. After quiescence and one reconciliation, both sides agree on every
+429/5xx from Bitbucket, and two pushes of one link overlapping (the second runs whole while the
+first is inside its remote call). After quiescence and one reconciliation, both sides agree on every
 synced field (or an open conflict names the disagreement), no comment exists twice, and every
 delivery is accounted for in the ledger.
 
@@ -33,7 +34,8 @@ from worker.bitbucket.credentials import parse_api_token
 from worker.bitbucket.errors import BitbucketError
 from worker.db.models import CommentLink, Conflict, Delivery, LedgerEntry, Link, TicketComment
 from worker.db.session import transaction
-from worker.sync import forward, push, reconcile, reverse
+from worker.sync import forward, push, reconcile, reverse, reverse_comments
+from tests.worker.sync.conftest import let_claims_lapse
 
 SIM, REPO, TOKEN = "http://bitbucket.test", "acme/model", "sync@acme.example:token"
 FIELDS = {"status": ("state", ("new", "open", "pending", "on_hold", "solved", "closed"),
@@ -193,7 +195,7 @@ class SyncModel(RuleBasedStateMachine):
                 except BitbucketError:
                     pass
             with transaction() as session:
-                items = reverse.plan_comments(session, link_id)
+                items = reverse_comments.plan_comments(session, link_id)
             for item in items:
                 if crash == "after_send":
                     try:  # as push_link would, up to the crash: a resumed post looks first
@@ -201,6 +203,27 @@ class SyncModel(RuleBasedStateMachine):
                             self.client.create_comment(item.repo, item.issue_id, item.body)
                     except BitbucketError:
                         pass
+
+    @rule()
+    def two_pushes_overlap(self):
+        """Each ticket edit queues a push, so two pushes of one link run at once on two
+        workers: here the second runs whole while the first is inside its remote call."""
+        for link_id in self.links():
+            def second(link_id=link_id):
+                try:
+                    push.push_link(link_id, client_factory=lambda _c: self.client)
+                except BitbucketError:
+                    pass
+            first = Interleaved(self.client, second)
+            try:
+                push.push_link(link_id, client_factory=lambda _c: first)
+            except BitbucketError:
+                pass
+
+    @rule()
+    def time_passes(self):
+        """Long enough for the claims of a worker that died mid-push to lapse."""
+        let_claims_lapse()
 
     def story(self, link_id: int, field: str) -> str:
         """The ledger of one link and field, oldest first: what a person would read."""
@@ -217,6 +240,7 @@ class SyncModel(RuleBasedStateMachine):
     # --- the properties --------------------------------------------------------------------
     def quiesce_and_check(self):
         self.state.faults.clear()
+        let_claims_lapse()
         for _ in range(6):
             self.deliver(reorder=None)
             self.push_all()
@@ -275,6 +299,30 @@ class SyncModel(RuleBasedStateMachine):
             assert not dup_links
             assert session.scalar(select(func.count()).select_from(TicketComment)) == \
                 session.scalar(select(func.count(func.distinct(TicketComment.body))))
+
+
+class Interleaved:
+    """A Bitbucket client that, at its first write, lets another push run before the write
+    goes out: the overlap of two workers, without threads, at the worst moment."""
+
+    def __init__(self, client, meanwhile):
+        self._client, self._meanwhile = client, meanwhile
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def _first_write(self):
+        meanwhile, self._meanwhile = self._meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
+
+    def post_change(self, *args, **kwargs):
+        self._first_write()
+        return self._client.post_change(*args, **kwargs)
+
+    def create_comment(self, *args, **kwargs):
+        self._first_write()
+        return self._client.create_comment(*args, **kwargs)
 
 
 SyncModel.TestCase.settings = settings(

@@ -47,6 +47,7 @@ CASES = {
         ("agent_edits", dict(data=Drawn("urgent"), field="priority", i=1)),
         ("worker_pushes", dict(crash="after_send")),
         ("agent_edits", dict(data=Drawn("normal"), field="priority", i=1)),
+        ("time_passes", dict()),
         ("worker_pushes", dict(crash="after_plan")),
     ],
     # A write sent twice (the first worker died before recording it) comes back as two echoes;
@@ -56,6 +57,7 @@ CASES = {
         ("setup", dict(n_issues=1)),
         ("agent_edits", dict(data=Drawn("urgent"), field="priority", i=0)),
         ("worker_pushes", dict(crash="after_send")),
+        ("time_passes", dict()),
         ("worker_pushes", dict(crash="none")),
         ("agent_edits", dict(data=Drawn("low"), field="priority", i=0)),
         ("worker_pushes", dict(crash="after_send")),

@@ -1,17 +1,26 @@
 """Races pinned down step by step: our write's webhook arriving before our own commit, a crash
-between a remote write and the local commit, and an escalation's link made by its webhook."""
+between a remote write and the local commit, two pushes of one link overlapping (the first held
+inside its remote call), and an escalation's link made by its webhook."""
 from __future__ import annotations
 
+import threading
+
+import httpx2
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from tests.worker.sync.conftest import REPO
+from simulator.app import create_app as create_simulator
+from tests.worker.sync.conftest import REPO, SIM, TOKEN, let_claims_lapse
+from worker.bitbucket.auth import ApiTokenAuth
+from worker.bitbucket.client import BitbucketClient
+from worker.bitbucket.credentials import parse_api_token
+from worker.bitbucket.errors import BitbucketError
 from worker import ledger
 from worker.db.models import (CommentLink, Connection, LedgerEntry, Link, OutgoingChange, Shadow, Ticket,
-                              TicketComment)
+                              TicketComment, utcnow)
 from worker.db.session import transaction
-from worker.sync import escalate, push, reverse
+from worker.sync import claims, escalate, push, reverse, reverse_comments
 from worker.sync.markers import ticket_marker
 
 
@@ -65,9 +74,13 @@ def test_crash_between_posting_a_comment_and_recording_it_never_duplicates(harne
     assert r.status_code == 201
 
     with transaction() as session:
-        [item] = reverse.plan_comments(session, 1)
+        [item] = reverse_comments.plan_comments(session, 1)
     h.client.create_comment(item.repo, item.issue_id, item.body)
-    # ... and the worker dies here, before finish_comment. The task runs again:
+    # ... and the worker dies here, before finish_comment. While its claim lasts, another
+    # attempt leaves the comment alone (the worker might still be posting it):
+    assert push.push_link(1, client_factory=h.client_factory) == "nothing to push"
+    # Once the claim has lapsed, the task that runs again resumes it:
+    assert let_claims_lapse() == 1
     outcome = push.push_link(1, client_factory=h.client_factory)
     assert "posted" in outcome
     h.process_webhooks()
@@ -85,11 +98,11 @@ def test_comment_webhook_that_beats_our_commit_repairs_the_link_instead_of_notin
     issue, ticket = _new_linked_ticket(h)
     h.web.post(f"/api/tickets/{ticket['id']}/comments", json={"body": "Deployed.", "author": "Ana"})
     with transaction() as session:
-        [item] = reverse.plan_comments(session, 1)
+        [item] = reverse_comments.plan_comments(session, 1)
     posted = h.client.create_comment(item.repo, item.issue_id, item.body)
     h.process_webhooks()  # the echo first: it links the comment by its marker
     with transaction() as session:
-        reverse.finish_comment(session, item, posted)
+        reverse_comments.finish_comment(session, item, posted)
         assert session.scalar(select(func.count()).select_from(CommentLink)) == 1
         assert session.scalar(select(func.count()).select_from(TicketComment)) == 1
 
@@ -134,3 +147,124 @@ def test_an_escalation_link_clashing_with_another_tickets_link_is_an_error(harne
         with pytest.raises(IntegrityError):  # the issue is already linked to the first ticket
             escalate._insert_link(session, linked, conn, session.get(Ticket, other["id"]),
                                   escalate.Request(ticket_id=other["id"], repo=REPO), issue, None)
+
+
+class HeldWrite(httpx2.BaseTransport):
+    """The simulator behind a gate: the first POST whose path ends with `suffix` waits inside
+    the call (not yet applied) until the test opens the gate."""
+
+    def __init__(self, inner: httpx2.BaseTransport, suffix: str):
+        self.inner, self.suffix = inner, suffix
+        self.inside, self.gate = threading.Event(), threading.Event()
+
+    def handle_request(self, request):
+        if request.method == "POST" and request.url.path.endswith(self.suffix) and not self.inside.is_set():
+            self.inside.set()
+            assert self.gate.wait(10), "the test never opened the gate"
+        return self.inner.handle_request(request)
+
+
+def _held_client(h, suffix: str) -> tuple[BitbucketClient, HeldWrite]:
+    held = HeldWrite(httpx2.WSGITransport(app=create_simulator(h.state)), suffix)
+    return BitbucketClient(f"{SIM}/2.0", ApiTokenAuth(parse_api_token(TOKEN)), transport=held,
+                           sleep=lambda s: None), held
+
+
+def _in_thread(fn) -> tuple[threading.Thread, list]:
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(fn()), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_a_push_overlapping_another_of_the_same_link_never_posts_its_reply_again(harness):
+    h = harness
+    issue, ticket = _new_linked_ticket(h)
+    comments_url = f"/api/tickets/{ticket['id']}/comments"
+    assert h.web.post(comments_url, json={"body": "We are on it.", "author": "Ana"}).status_code == 201
+    client, held = _held_client(h, "/comments")
+    first, first_result = _in_thread(lambda: push.push_link(1, client_factory=lambda _c: client))
+    assert held.inside.wait(10)
+
+    # While the first push is inside its POST, the agent replies again and that reply's push
+    # runs on another worker: it must neither resume the first reply nor post ahead of it.
+    assert h.web.post(comments_url, json={"body": "Fix deployed.", "author": "Ana"}).status_code == 201
+    assert push.push_link(1, client_factory=h.client_factory) == "nothing to push"
+    with transaction() as session:
+        states = dict(session.execute(select(OutgoingChange.ticket_comment_id, OutgoingChange.state)).all())
+    assert sorted(states.values()) == ["pending", "sending"]
+
+    held.gate.set()
+    first.join(10)
+    assert first_result and first_result[0].count("posted") == 2  # the holder posted both, in order
+    h.process_webhooks()
+    bodies = [c["content"]["raw"] for c in h.api("GET", f"/issues/{issue['id']}/comments")["values"]
+              if c["content"]["raw"]]
+    assert [b.split("\n")[0] for b in bodies] == ["We are on it.", "Fix deployed."]
+    with transaction() as session:
+        rows = list(session.scalars(select(OutgoingChange).where(OutgoingChange.kind == "comment")))
+        assert [(r.state, r.claimed_until, r.attempts) for r in rows] == [("sent", None, 1)] * 2
+        assert session.scalar(select(func.count()).select_from(CommentLink)) == 2
+    client.close()
+
+
+def test_a_push_overlapping_another_leaves_the_fields_to_it_and_the_holder_writes_them_after(harness):
+    h = harness
+    issue, ticket = _new_linked_ticket(h)
+    assert h.web.patch(f"/api/tickets/{ticket['id']}", json={"status": "open"}).status_code == 200
+    client, held = _held_client(h, "/changes")
+    first, first_result = _in_thread(lambda: push.push_link(1, client_factory=lambda _c: client))
+    assert held.inside.wait(10)
+
+    assert h.web.patch(f"/api/tickets/{ticket['id']}", json={"priority": "urgent"}).status_code == 200
+    # Two writes of one issue in flight at once could land in either order; the second push
+    # leaves the issue's fields to the push that holds them.
+    assert push.push_link(1, client_factory=h.client_factory) == "nothing to push"
+    held.gate.set()
+    first.join(10)
+    assert first_result == ["pushed status; pushed priority"]
+    remote = h.api("GET", f"/issues/{issue['id']}")
+    assert (remote["state"], remote["priority"]) == ("open", "blocker")
+    writes = [r for r in h.state.request_log if r.method == "POST" and r.path.endswith("/changes")]
+    assert len(writes) == 2
+    client.close()
+
+
+def test_a_failed_comment_gives_its_claims_back_so_the_retry_resumes_at_once(harness):
+    h = harness
+    issue, ticket = _new_linked_ticket(h)
+    for body in ("First.", "Second."):
+        h.web.post(f"/api/tickets/{ticket['id']}/comments", json={"body": body, "author": "Ana"})
+    h.state.faults.add(status=503, times=1, method="POST", path=r"/comments$")
+    with pytest.raises(BitbucketError):
+        push.push_link(1, client_factory=h.client_factory)  # the task would retry
+    with transaction() as session:
+        rows = list(session.scalars(select(OutgoingChange).order_by(OutgoingChange.id)))
+    # The first may have reached Bitbucket (a 503 can follow a write): it is resumed with a
+    # look for its marker; the second was never tried: it waits as it did. No claim is left.
+    assert [(r.state, r.claimed_until) for r in rows] == [("sending", None), ("pending", None)]
+    assert push.push_link(1, client_factory=h.client_factory).count("posted") == 2
+    bodies = [c["content"]["raw"] for c in h.api("GET", f"/issues/{issue['id']}/comments")["values"]]
+    assert [b.split("\n")[0] for b in bodies if b] == ["First.", "Second."]
+
+
+def test_a_crashed_pushs_claim_keeps_others_off_until_it_lapses_then_the_sweeper_resumes_it(harness):
+    h = harness
+    issue, ticket = _new_linked_ticket(h)
+    h.web.post(f"/api/tickets/{ticket['id']}/comments", json={"body": "Looking.", "author": "Ana"})
+    with transaction() as session:
+        [item] = reverse_comments.plan_comments(session, 1)  # ... and the worker is killed in its POST
+        assert reverse.waiting_links(session, utcnow()) == []  # held: the sweeper leaves it
+    let_claims_lapse()
+    with transaction() as session:
+        assert reverse.waiting_links(session, utcnow()) == [1]
+    assert "posted" in push.push_link(1, client_factory=h.client_factory)
+    assert len([c for c in h.api("GET", f"/issues/{issue['id']}/comments")["values"]
+                if c["content"]["raw"]]) == 1
+
+
+def test_the_claim_outlasts_the_slowest_call_the_client_can_make():
+    from worker.bitbucket.budget import BudgetMeter
+    # Built as worker.sync.clients builds it for a connection: default timeouts, retries, budget.
+    client = BitbucketClient("https://api.bitbucket.org/2.0", None, budget=BudgetMeter(None), credential_key="k")
+    assert 300 < client.longest_call_seconds() < claims.CLAIM.total_seconds()

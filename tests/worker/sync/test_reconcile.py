@@ -452,3 +452,54 @@ def test_removed_issue_tracker_is_reported_not_retried(h):
 def test_unknown_comment_mode_is_refused(h):
     with pytest.raises(ValueError, match="comments"):
         reconcile(h, comments="some")
+
+
+# --- hostile text from the REST API -----------------------------------------------------------
+
+def raw_api(h, method: str, path: str, raw: bytes) -> dict:
+    """An API call whose JSON body is sent as written (a lone surrogate escape cannot be made
+    by json= from a str that UTF-8 cannot encode)."""
+    return h.api(method, path, content=raw, headers={"Content-Type": "application/json"})
+
+
+def test_an_issue_whose_text_the_receiver_refused_is_imported_cleaned(h):
+    # The webhook carries a lone surrogate: refused at the door (400), so reconciliation is
+    # what brings the issue in, from the REST API, whose JSON the stdlib reads as it is.
+    issue = raw_api(h, "POST", "/issues", b'{"title": "Lone \\ud800 and \\u0000NUL", '
+                                          b'"content": {"raw": "\\u202eRTL \\udc00"}}')
+    assert h.process_webhooks() == []
+    report = reconcile(h)
+    assert (report.deliveries_processed, report.deliveries_failed, report.errors) == (1, 0, [])
+    ticket = tickets_by_issue()[issue["id"]]
+    assert (ticket.title, ticket.description) == ("Lone \ufffd and NUL", "\u202eRTL \ufffd")
+    with transaction() as session:
+        [delivery] = session.scalars(select(Delivery)).all()
+        assert delivery.status == "processed" and delivery.body.isascii()  # escapes, as received
+        details = session.scalars(select(LedgerEntry.detail).where(
+            LedgerEntry.delivery_id == delivery.id, LedgerEntry.detail.like("text cleaned%"))).all()
+    assert details == ["text cleaned before storing: title: 1 NUL character removed; 1 unpaired "
+                       "surrogate replaced with U+FFFD; description: 1 unpaired surrogate replaced "
+                       "with U+FFFD"]
+    assert reconcile(h).deliveries_stored == 0  # held at its version: nothing again
+
+
+def test_a_comment_edited_to_hostile_text_updates_the_note_cleaned_once(h):
+    issue = h.api("POST", "/issues", json={"title": "Chatty"})
+    comment = h.api("POST", f"/issues/{issue['id']}/comments", json={"content": {"raw": "First."}})
+    h.process_webhooks()
+    ticket = tickets_by_issue()[issue["id"]]
+    reconcile(h)
+    raw_api(h, "PUT", f"/issues/{issue['id']}/comments/{comment['id']}",
+            b'{"content": {"raw": "Second\\u0000 take \\ud83d\\ude00 \\udfff \\u200f"}}')
+
+    full = reconcile(h, comments="all")
+    assert (full.comment_edits, full.deliveries_failed, full.errors) == (1, 0, [])
+    [note] = notes(ticket.id)
+    assert note.body == "Second take \U0001F600 \ufffd \u200f"
+    with transaction() as session:
+        edit = session.scalars(select(LedgerEntry).where(LedgerEntry.detail.like("%was edited%"))).one()
+    assert edit.new_value == "Second take \U0001F600 \ufffd \u200f"
+    assert edit.detail.endswith("; text cleaned before storing: comment: 1 NUL character removed; "
+                                "1 unpaired surrogate replaced with U+FFFD")
+    # The note holds the cleaned text, which is what the next scan compares: no edit again.
+    assert reconcile(h, comments="all").comment_edits == 0

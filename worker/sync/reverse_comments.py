@@ -1,0 +1,102 @@
+"""Reverse sync of comments: helpdesk replies -> Bitbucket comments, through the outbox.
+
+The same three steps as the fields (worker.sync.reverse): plan and claim in one transaction,
+post with no transaction open, finish in another. A comment is the write that must not happen
+twice: only the attempt holding a row's claim posts it; a row whose claim lapsed (its holder
+died, or gave it back after an error) is resumed by looking for its marker on the issue first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worker import ledger
+from worker.db.models import CommentLink, Connection, Link, OutgoingChange, TicketComment, utcnow
+from worker.sync import claims
+from worker.sync.markers import comment_marker
+from worker.sync.reverse import DIRECTION, give_up, held
+
+@dataclass
+class CommentPush:
+    connection_id: int
+    connection: str
+    link_id: int
+    outbox_id: int
+    repo: str
+    issue_id: int
+    ticket_comment_id: int
+    body: str
+    resume: bool  # a previous attempt may have posted it: look for our marker first
+    attempt: int  # this attempt's number on the outbox row: the claim's token
+
+
+def record_ticket_comment(session: Session, comment: TicketComment) -> list[int]:
+    """Queue a helpdesk comment for Bitbucket. Internal notes stay local unless the
+    connection explicitly says otherwise (privacy fails closed)."""
+    links = list(session.scalars(select(Link).where(Link.target_id == str(comment.ticket_id))))
+    queued = []
+    for link in links:
+        conn = session.get(Connection, link.connection_id)
+        if comment.internal and not conn.push_internal_notes:
+            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="noop",
+                          field="comment", link_id=link.id, actor=comment.author,
+                          detail=f"internal note {comment.id} kept in the helpdesk")
+            continue
+        session.add(OutgoingChange(connection_id=conn.id, link_id=link.id, kind="comment",
+                                   ticket_comment_id=comment.id, actor=comment.author))
+        queued.append(link.id)
+    return queued
+
+
+def format_comment(connection: str, comment: TicketComment) -> str:
+    who = comment.author or "Support"
+    return f"{comment.body}\n\n*{who}, via the helpdesk*\n\n{comment_marker(connection, comment.id)}"
+
+
+def plan_comments(session: Session, link_id: int) -> list[CommentPush]:
+    link = session.scalar(select(Link).where(Link.id == link_id).with_for_update(key_share=True))
+    if link is None:
+        return []
+    conn = session.get(Connection, link.connection_id)
+    rows = list(session.scalars(select(OutgoingChange).where(
+        OutgoingChange.link_id == link.id, OutgoingChange.kind == "comment",
+        OutgoingChange.state.in_(("pending", "sending"))).order_by(OutgoingChange.id)))
+    if rows and conn.tracker_removed_at is not None:
+        give_up(session, conn, link, rows, "the repository's issue tracker was removed (410)")
+        return []
+    now = utcnow()
+    if held(rows, now):
+        return []
+    claimed_until = claims.until(now)
+    plans = []
+    for r in rows:
+        done = session.scalar(select(CommentLink.id).where(
+            CommentLink.link_id == link.id, CommentLink.target_comment_id == str(r.ticket_comment_id)))
+        if done is not None:
+            r.state, r.sent_at = "sent", utcnow()
+            continue
+        comment = session.get(TicketComment, r.ticket_comment_id)
+        plans.append(CommentPush(conn.id, conn.name, link.id, r.id, link.bitbucket_repo,
+                                 link.bitbucket_issue_id, comment.id, format_comment(conn.name, comment),
+                                 resume=r.state == "sending", attempt=r.attempts + 1))
+        r.state, r.attempts, r.claimed_until = "sending", r.attempts + 1, claimed_until
+    return plans
+
+
+def finish_comment(session: Session, push: CommentPush, bitbucket_comment: dict) -> None:
+    exists = session.scalar(select(CommentLink.id).where(
+        CommentLink.link_id == push.link_id, CommentLink.bitbucket_comment_id == bitbucket_comment["id"]))
+    if exists is None:
+        session.add(CommentLink(link_id=push.link_id, bitbucket_comment_id=bitbucket_comment["id"],
+                                target_comment_id=str(push.ticket_comment_id)))
+    row = session.get(OutgoingChange, push.outbox_id)
+    if row.state == "sent":
+        return  # an attempt that took over our lapsed claim found this post and recorded it
+    row.state, row.sent_at, row.error, row.claimed_until = "sent", utcnow(), None, None
+    ledger.record(session, connection_id=push.connection_id, direction=DIRECTION, outcome="applied",
+                  field="comment", link_id=push.link_id, actor=row.actor,
+                  new_value=str(bitbucket_comment["id"]),
+                  detail=f"helpdesk comment {push.ticket_comment_id} posted as Bitbucket comment "
+                         f"{bitbucket_comment['id']}")
