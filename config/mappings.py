@@ -10,9 +10,13 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from config.enums import BITBUCKET, MAPPED_FIELDS, TARGET
+
+
+def _same(value: str | None) -> str | None:
+    return value
 
 
 class MappingError(ValueError):
@@ -36,6 +40,17 @@ class MappingTables:
 
     def to_bitbucket(self, field: str, value: str | None) -> str | None:
         return self.fields[field].to_bitbucket.get(value) if value is not None else None
+
+    def translators(self, field: str, source: str) -> tuple[Callable[[str | None], str | None],
+                                                            Callable[[str | None], str | None]]:
+        """(source's value -> the other side's, the other side's -> source's) for one field,
+        `source` being "bitbucket" or "target"; values pass as they are for a field without a
+        table (title, description, assignee)."""
+        if field not in self.fields:
+            return _same, _same
+        to_target = lambda v: self.to_target(field, v)  # noqa: E731
+        to_bitbucket = lambda v: self.to_bitbucket(field, v)  # noqa: E731
+        return (to_target, to_bitbucket) if source == "bitbucket" else (to_bitbucket, to_target)
 
     def as_dict(self) -> dict[str, dict[str, dict[str, str]]]:
         return {

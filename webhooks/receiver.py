@@ -16,7 +16,8 @@ from flask import Blueprint, current_app, jsonify, request
 
 from webhooks import signatures
 from webhooks.delivery_store import insert_rows
-from worker.db.models import LedgerEntry, utcnow
+from worker import ledger
+from worker.db.models import utcnow
 from worker.engine.events import ISSUE_EVENTS, issue_key, quick_check
 
 log = logging.getLogger("bbsync.webhooks")
@@ -141,10 +142,8 @@ def _store(ext, environ: dict, connection_id: int, request_uuid: str, event_key:
     with ext.engine.begin() as conn:
         (delivery_id, fresh), = insert_rows(conn, [row])
         if fresh:
-            conn.execute(LedgerEntry.__table__.insert().values(
-                connection_id=connection_id, direction="forward", outcome="ignored",
-                delivery_id=delivery_id, detail=f"event {event_key} is not synced by this product",
-                created_at=utcnow()))
+            ledger.record(conn, connection_id=connection_id, direction="forward", outcome="ignored",
+                          delivery_id=delivery_id, detail=f"event {event_key} is not synced by this product")
     return delivery_id, fresh
 
 

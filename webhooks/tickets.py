@@ -15,13 +15,13 @@ from webhooks.http import (BadInput, actor_header, dispatch, error, json_body, l
 from worker import connections
 from worker.bitbucket.errors import BitbucketError
 from worker.db.models import Link, Ticket, TicketAttachment, TicketComment, utcnow
-from worker.engine.events import MAX_ID
+from worker.engine.events import MAX_ID, SYNCED_FIELDS
 from worker.sync import escalate as escalation
 from worker.sync import reverse, reverse_comments
 
 bp = Blueprint("tickets", __name__, url_prefix="/api/tickets")
 
-EDITABLE = ("title", "description", "status", "priority", "type", "assignee")
+EDITABLE = SYNCED_FIELDS
 MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
 
 

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session, selectinload
 from config import mappings
 from worker import crypto
 from worker.bitbucket.budget import BudgetMeter
-from worker.bitbucket.credentials import Credential, encode_secret, parse_api_token
+from worker.bitbucket.credentials import encode_secret, parse_api_token
+from worker.db.credentials import Credential
 from worker.db.models import Connection, ConnectionRepo, WebhookSecret
 from worker.engine.events import SYNCED_FIELDS
 from worker.engine.merge import DEFAULT_POLICY, POLICIES

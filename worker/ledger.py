@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from worker.db.models import LedgerEntry, utcnow
@@ -12,12 +12,18 @@ from worker.db.models import LedgerEntry, utcnow
 OUTCOMES = ("applied", "noop", "echo", "stale", "unmapped", "conflict", "failed", "ignored")
 
 
-def record(session: Session, *, connection_id: int, direction: str, outcome: str,
-           **fields: Any) -> LedgerEntry:
+def record(db: Session | Connection, *, connection_id: int, direction: str, outcome: str,
+           **fields: Any) -> LedgerEntry | None:
+    """Append a decision, in the caller's transaction: an ORM session (returns the entry), or a
+    Core connection (the receiver's lean path; nothing returned)."""
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown ledger outcome {outcome!r}")
+    if isinstance(db, Connection):
+        db.execute(LedgerEntry.__table__.insert().values(
+            connection_id=connection_id, direction=direction, outcome=outcome, created_at=utcnow(), **fields))
+        return None
     entry = LedgerEntry(connection_id=connection_id, direction=direction, outcome=outcome, **fields)
-    session.add(entry)
+    db.add(entry)
     return entry
 
 

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from functools import lru_cache
 from typing import TYPE_CHECKING, Sequence
 
-from worker import redis_queue
+from worker import redis_queue, task_names
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -34,15 +34,14 @@ def messages(jobs: Sequence[Job]) -> list[tuple[str, list, int]]:
     A run of deliveries goes as one `process_deliveries` message (up to IDS_PER_MESSAGE; a
     lone one stays a `process_delivery`): the message, not the delivery, is what costs the
     web process CPU."""
-    from worker.tasks import ENQUEUEABLE, process_deliveries
     out: list[tuple[str, list, int]] = []
     run: list = []
 
     def end_run() -> None:
         if len(run) == 1:
-            out.append((ENQUEUEABLE["process_delivery"].name, [run[0]], 1))
+            out.append((task_names.PROCESS_DELIVERY, [run[0]], 1))
         elif run:
-            out.append((process_deliveries.name, [list(run)], len(run)))
+            out.append((task_names.PROCESS_DELIVERIES, [list(run)], len(run)))
         run.clear()
 
     for task, arg in jobs:
@@ -52,7 +51,7 @@ def messages(jobs: Sequence[Job]) -> list[tuple[str, list, int]]:
                 end_run()
         else:
             end_run()
-            out.append((ENQUEUEABLE[task].name, [arg], 1))
+            out.append((task_names.BY_JOB[task], [arg], 1))
     end_run()
     return out
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from config.settings import get_settings
+from worker import task_names
 from worker.celery_app import app, max_task_delay
 from worker.bitbucket import errors as bitbucket_errors
 from worker.db.models import Delivery, utcnow
@@ -52,7 +53,7 @@ def _run_delivery(delivery_id: str) -> str:
     return outcome.status
 
 
-@app.task(bind=True, name="bbsync.process_delivery", max_retries=MAX_RETRIES)
+@app.task(bind=True, name=task_names.PROCESS_DELIVERY, max_retries=MAX_RETRIES)
 def process_delivery(self, delivery_id: str) -> str:
     try:
         return _run_delivery(delivery_id)
@@ -66,7 +67,7 @@ def process_delivery(self, delivery_id: str) -> str:
         raise
 
 
-@app.task(name="bbsync.process_deliveries")
+@app.task(name=task_names.PROCESS_DELIVERIES)
 def process_deliveries(delivery_ids: list[str]) -> dict[str, str]:
     """Deliveries a web process stored together, in the order they arrived: one message for
     several is what lets the receiver answer fast (a message costs the web process more CPU
@@ -105,7 +106,7 @@ def _mark_failed(delivery_id: str, reason: str) -> None:
             deliveries.fail(session, delivery, reason)
 
 
-@app.task(bind=True, name="bbsync.push_link", max_retries=MAX_RETRIES)
+@app.task(bind=True, name=task_names.PUSH_LINK, max_retries=MAX_RETRIES)
 def push_link(self, link_id: int) -> str:
     """Write a link's pending helpdesk edits and comments to Bitbucket."""
     try:

@@ -202,3 +202,15 @@ def test_enums_list_each_value_once():
         for field, values in side.items():
             assert len(values) == len(set(values)), field
     assert MAPPED_FIELDS == ("status", "priority", "type")
+
+
+def test_translators_go_both_ways_from_either_side_and_pass_unmapped_fields_as_they_are():
+    tables = mappings.load()
+    to_target, back = tables.translators("status", "bitbucket")
+    assert (to_target("resolved"), back("solved")) == ("solved", "resolved")
+    to_bitbucket, back = tables.translators("status", "target")
+    assert (to_bitbucket("solved"), back("resolved")) == ("resolved", "solved")
+    assert to_bitbucket(None) is None
+    for source in ("bitbucket", "target"):
+        there, back = tables.translators("title", source)
+        assert there("Checkout \u202e500s") == "Checkout \u202e500s" and back(None) is None

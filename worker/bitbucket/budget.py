@@ -25,12 +25,12 @@ import time
 from functools import lru_cache
 from typing import Callable
 
-from sqlalchemy import Insert, Integer, String, delete, func, select
+from sqlalchemy import Insert, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from worker.db.models import Base
+from worker.db.credentials import ApiBudget
 
 from .errors import BudgetExhausted
 
@@ -41,15 +41,6 @@ WINDOW_BUCKETS = 60                  # a rolling hour of minute buckets
 DEFAULT_LIMIT = 1000                 # Bitbucket's requests/hour per credential
 DEFAULT_SOFT_LIMIT = 900
 DEFAULT_MAX_WAIT = 60.0
-
-
-class ApiBudget(Base):
-    __tablename__ = "api_budget"
-
-    credential_key: Mapped[str] = mapped_column(String(255), primary_key=True)
-    # Minutes since the epoch (int(time / 60)): one bucket of the rolling hour.
-    minute: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 @lru_cache(maxsize=4)

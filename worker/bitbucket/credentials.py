@@ -1,5 +1,5 @@
-"""Bitbucket credentials: the `credentials` table, the secret kinds, and the OAuth refresh
-protocol.
+"""Bitbucket credentials: the secret kinds, their storage in the `credentials` table
+(worker.db.credentials), and the OAuth refresh protocol.
 
 A row holds `kind`, a non-secret `key` (what the rate-limit budget is counted against: all
 users of one key share Bitbucket's 1,000 requests/hour) and `secret`, the Fernet ciphertext
@@ -21,14 +21,14 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
 from typing import Any, Callable, ClassVar, Mapping, Union
 
-from sqlalchemy import CheckConstraint, Index, LargeBinary, String, select
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from worker import crypto
-from worker.db.models import Base, UTCDateTime, utcnow
+from worker.db.credentials import Credential
+from worker.db.models import utcnow
 
 from .urls import DEFAULT_TOKEN_URL
 
@@ -179,25 +179,6 @@ def decode_secret(kind: str, ciphertext: bytes) -> Secret:
 
 
 _encode, _decode = encode_secret, decode_secret      # older private names, still imported
-
-
-class Credential(Base):
-    __tablename__ = "credentials"
-    __table_args__ = (
-        CheckConstraint("kind IN ('api_token', 'bearer', 'oauth')", name="ck_credentials_kind"),
-        Index("ix_credentials_key", "key"),
-    )
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))
-    # Non-secret and stable: "api_token:<email>", "oauth:<client id>", "bearer:<sha256 prefix>".
-    key: Mapped[str] = mapped_column(String(255))
-    secret: Mapped[bytes] = mapped_column(LargeBinary)       # Fernet ciphertext of JSON
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
-
-    def __repr__(self) -> str:
-        return f"<Credential id={self.id} kind={self.kind} key={self.key}>"
 
 
 @dataclass(frozen=True)

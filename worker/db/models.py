@@ -1,4 +1,5 @@
-"""Tables. One module, because the tables are one schema and Alembic migrates them together.
+"""The core tables, and the Base and column types every table uses (the other tables are in
+worker.db.credentials and worker.db.watermarks; worker.db.schema gathers all for Alembic).
 
 - connections, connection_repos, webhook_secrets: who we sync for, and how they prove it is them
 - deliveries: every webhook we acknowledged, stored before the 202

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
 
-from sqlalchemy import ForeignKey, Integer, String, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from worker.db.models import Base, Connection, UTCDateTime, utcnow
+from worker.db.models import Connection, utcnow
 from worker.db.session import transaction
+from worker.db.watermarks import BackfillCursor
 from worker.sync.clients import client_for
 from worker.sync.reconcile import (PAGELEN, ClientFactory, Importer, IssueScan, SyncReport, issue_key,
                                    seed_watermark)
@@ -40,26 +41,6 @@ from worker.sync.reconcile import (PAGELEN, ClientFactory, Importer, IssueScan, 
 log = logging.getLogger("bbsync.backfill")
 
 COMMENT_MODES = ("all", "missed", "none")
-
-
-class BackfillCursor(Base):
-    """How far the backfill of one repository of a connection has come."""
-
-    __tablename__ = "backfill_cursors"
-
-    connection_id: Mapped[int] = mapped_column(
-        ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True)
-    repo: Mapped[str] = mapped_column(String(255), primary_key=True)
-    since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)  # the run's lower bound
-    # The last issue fully processed, in (updated_on, id) order; None before the first page.
-    updated_on: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    issue_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    state: Mapped[str] = mapped_column(String(16), default="running")  # running | done
-    pages: Mapped[int] = mapped_column(Integer, default=0)
-    issues_seen: Mapped[int] = mapped_column(Integer, default=0)
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 @dataclass

@@ -9,8 +9,9 @@ import threading
 from worker.bitbucket.auth import auth_for
 from worker.bitbucket.budget import BudgetMeter
 from worker.bitbucket.client import BitbucketClient
-from worker.bitbucket.credentials import Credential, CredentialStore
+from worker.bitbucket.credentials import CredentialStore
 from worker.bitbucket.errors import AuthFailed
+from worker.db.credentials import Credential
 from worker.db.models import Connection
 from worker.db.session import session_factory, transaction
 

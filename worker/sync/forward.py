@@ -41,16 +41,6 @@ class Outcome:
     push_link: int | None = None  # a link with helpdesk changes now waiting for Bitbucket
 
 
-def _identity(value: str | None) -> str | None:
-    return value
-
-
-def _mappers(tables, field: str):
-    if field in tables.fields:
-        return (lambda v: tables.to_target(field, v)), (lambda v: tables.to_bitbucket(field, v))
-    return _identity, _identity
-
-
 def process_delivery(session: Session, delivery_id: str) -> Outcome:
     delivery = session.scalar(select(Delivery).where(Delivery.id == delivery_id).with_for_update())
     if delivery is None:
@@ -149,7 +139,7 @@ def _create_link(session: Session, conn: Connection, delivery: Delivery, event: 
                           field=field, delivery_id=delivery.id, actor=event.actor,
                           detail="the payload carries no value for this field")
             continue
-        to_dest, to_source = _mappers(tables, field)
+        to_dest, to_source = tables.translators(field, "bitbucket")
         d = decide_field(field, incoming, None, None, to_dest=to_dest, to_source=to_source)
         decisions.append(d)
         if d.write:
@@ -203,7 +193,7 @@ def _update_link(session: Session, conn: Connection, delivery: Delivery, event: 
                 decided += 1
             continue
         base = ShadowPair(row.bitbucket_value, row.target_value) if row else None
-        to_dest, to_source = _mappers(tables, field)
+        to_dest, to_source = tables.translators(field, "bitbucket")
         d = decide_field(field, incoming, current.fields.get(field), base,
                          to_dest=to_dest, to_source=to_source,
                          policy=connections.policy_for(conn, field),

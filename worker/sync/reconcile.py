@@ -81,15 +81,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator
 
-from sqlalchemy import ForeignKey, Integer, String, Text, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from worker import ledger
 from worker.bitbucket.errors import BitbucketError, NotFound, TrackerRemoved
-from worker.db.models import (Base, CommentLink, Connection, Delivery, LedgerEntry, Link, OutgoingChange,
-                              TicketComment, UTCDateTime, utcnow)
+from worker.db.models import (CommentLink, Connection, Delivery, LedgerEntry, Link, OutgoingChange,
+                              TicketComment, utcnow)
 from worker.db.session import insert_ignoring_duplicates, transaction
+from worker.db.watermarks import ReconcileWatermark
 from worker.engine.events import NAME_LIMIT, comment_body, parse_time
 from worker.engine.text import clean
 from worker.sync import deliveries, forward, reverse
@@ -110,26 +111,6 @@ PROCESS_ATTEMPTS = 3
 DELETED_NOTE = "\n\n*[Deleted in Bitbucket (comment {cid}); kept here for the record.]*"
 
 ClientFactory = Callable[[int], Any]
-
-
-class ReconcileWatermark(Base):
-    """How far reconciliation has read one repository of a connection."""
-
-    __tablename__ = "reconcile_watermarks"
-
-    connection_id: Mapped[int] = mapped_column(
-        ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True)
-    repo: Mapped[str] = mapped_column(String(255), primary_key=True)
-    # The newest Bitbucket `updated_on` (Bitbucket's clock) of the issues processed, and the
-    # issue that had it. Reads start a little before it.
-    updated_on: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    issue_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    # The same, for the comment pass (comments="changed"): the issues whose comments it listed.
-    comments_updated_on: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    issues_seen: Mapped[int] = mapped_column(Integer, default=0)   # running total
-    runs: Mapped[int] = mapped_column(Integer, default=0)
-    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 # --- reports ----------------------------------------------------------------------------------

@@ -67,12 +67,6 @@ class PushPlan:
         return {BITBUCKET_KEYS[f.field]: {"new": f.bitbucket_value} for f in self.fields}
 
 
-def _to_bitbucket(tables, field: str):
-    if field in tables.fields:
-        return (lambda v: tables.to_bitbucket(field, v)), (lambda v: tables.to_target(field, v))
-    return (lambda v: v), (lambda v: v)
-
-
 def record_ticket_edit(session: Session, ticket_id: int, changed: list[str], actor: str | None) -> list[int]:
     """Queue a local edit for every link of the ticket (called in the edit's transaction).
     Returns the link ids to push."""
@@ -120,7 +114,7 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
             continue
         row = shadows.get(name)
         base = ShadowPair(row.target_value, row.bitbucket_value) if row else None
-        to_dest, to_source = _to_bitbucket(tables, name)
+        to_dest, to_source = tables.translators(name, "target")
         # What Bitbucket holds, as far as we know: the last value both sides agreed on. Reading
         # it back would cost a call per push; a concurrent Bitbucket edit still reaches us as a
         # webhook and is decided there (it is older than our write, so it is recorded stale).

@@ -9,8 +9,9 @@ from typing import Any, Mapping
 from sqlalchemy.orm import Session
 
 from worker.db.models import Ticket, TicketComment, utcnow
+from worker.engine.events import SYNCED_FIELDS
 
-FIELDS = ("title", "description", "status", "priority", "type", "assignee")
+FIELDS = SYNCED_FIELDS
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from worker.bitbucket.budget import ApiBudget, BudgetMeter
+from worker.bitbucket.budget import BudgetMeter
 from worker.bitbucket.errors import BudgetExhausted
+from worker.db.credentials import ApiBudget
 
 from .helpers import REPO
 

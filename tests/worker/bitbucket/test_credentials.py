@@ -5,9 +5,9 @@ import pytest
 from sqlalchemy import select
 
 from worker.bitbucket.auth import ApiTokenAuth, BearerAuth, OAuthAuth
-from worker.bitbucket.credentials import (ApiToken, BearerToken, Credential, CredentialNotFound,
-                                          OAuthCredential, bearer_token, oauth_credential,
-                                          parse_api_token)
+from worker.bitbucket.credentials import (ApiToken, BearerToken, CredentialNotFound, OAuthCredential,
+                                          bearer_token, oauth_credential, parse_api_token)
+from worker.db.credentials import Credential
 
 from .helpers import CLIENT_ID, CLIENT_SECRET, EMAIL, TOKEN
 

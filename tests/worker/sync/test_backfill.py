@@ -12,9 +12,10 @@ from sqlalchemy import func, select
 from worker.bitbucket.errors import ServerError
 from worker.db.models import Base, Connection, ConnectionRepo, Delivery, LedgerEntry, Link, Ticket, TicketComment
 from worker.db.session import get_engine, transaction
+from worker.db.watermarks import BackfillCursor, ReconcileWatermark
 from worker.engine.events import parse_time
-from worker.sync.backfill import BackfillCursor, backfill
-from worker.sync.reconcile import ReconcileWatermark, reconcile_connection
+from worker.sync.backfill import backfill
+from worker.sync.reconcile import reconcile_connection
 
 from .test_reconcile import (REPO, SLUG, WORKSPACE, actor, assert_tickets_match_bitbucket, conn_id, count,
                              gets, notes, quiet_issues, tickets_by_issue)

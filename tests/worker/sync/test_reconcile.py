@@ -14,9 +14,9 @@ from worker.bitbucket.errors import ServerError
 from worker.db.models import (Base, CommentLink, Connection, ConnectionRepo, Delivery, LedgerEntry, Link, OutgoingChange, Ticket,
                               TicketComment)
 from worker.db.session import get_engine, transaction
+from worker.db.watermarks import BackfillCursor, ReconcileWatermark
 from worker.sync import push
-from worker.sync.backfill import BackfillCursor
-from worker.sync.reconcile import DELETED_NOTE, ReconcileWatermark, reconcile_connection
+from worker.sync.reconcile import DELETED_NOTE, reconcile_connection
 
 REPO = "acme/widgets"
 WORKSPACE, SLUG = REPO.split("/")
