@@ -68,7 +68,7 @@ from config import mappings  # noqa: E402
 from config.enums import BITBUCKET, TARGET  # noqa: E402
 from simulator.app import create_app  # noqa: E402
 from simulator.state import SimulatorState  # noqa: E402
-from worker.stack import Stack  # noqa: E402
+from devstack.stack import Stack  # noqa: E402
 
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

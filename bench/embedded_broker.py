@@ -1,4 +1,5 @@
-"""The embedded broker's cost: worker.embedded_broker against kombu's own filesystem transport.
+"""The embedded broker's cost: worker.queue.embedded_broker against kombu's own filesystem
+transport.
 
     .venv/bin/python bench/embedded_broker.py [--messages 2000] [--rounds 5] [--bytes 1500]
 
@@ -26,7 +27,7 @@ from kombu import Connection  # noqa: E402
 from kombu.transport import filesystem  # noqa: E402
 from kombu.transport.virtual import Empty  # noqa: E402
 
-from worker import embedded_broker  # noqa: E402
+from worker.queue import embedded_broker  # noqa: E402
 
 TRANSPORTS = {"kombu": filesystem.Transport, "bbsync": embedded_broker.Transport}
 QUEUE = "bench"

@@ -44,7 +44,7 @@ from cryptography.fernet import Fernet  # noqa: E402
 
 from bench.machine import machine_cpu  # noqa: E402
 from webhooks.signatures import sign  # noqa: E402
-from worker.stack import Stack  # noqa: E402
+from devstack.stack import Stack  # noqa: E402
 
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -30,7 +30,7 @@ class AppState:
 
 
 def _celery_publish(jobs: Sequence[tuple[str, str | int]]) -> int:
-    from worker.publish import publish_many
+    from worker.queue.publish import publish_many
     return publish_many(jobs)
 
 

@@ -24,11 +24,11 @@ from functools import lru_cache
 from typing import Any, Callable
 
 import psycopg
-from sqlalchemy import Connection, Engine, select, tuple_
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from worker.db.models import Delivery
-from worker.db.session import insert_ignoring_duplicates
+from worker.sync.deliveries import insert_outcomes, insert_rows
 
 log = logging.getLogger("bbsync.webhooks")
 
@@ -151,39 +151,16 @@ def _gevent_yield() -> Callable[[], None] | None:
 
 
 def insert_group(engine: Engine, rows: list[dict[str, Any]]) -> list[tuple[str, bool]]:
-    """All rows in one statement and one commit; see insert_rows."""
+    """All rows in one statement and one commit; see worker.sync.deliveries.insert_rows (the
+    one insert of deliveries, which this is on SQLite)."""
     if engine.dialect.name == "postgresql":
         inserted = _insert_on_postgresql(engine, rows)
         if len(inserted) == len(rows):  # no duplicates: the usual case
             return [(row["id"], True) for row in rows]
         with engine.connect() as conn:
-            return _outcomes(rows, inserted, _stored_ids(conn, [r for r in rows if r["id"] not in inserted]))
+            return insert_outcomes(conn, rows, inserted)
     with engine.begin() as conn:
         return insert_rows(conn, rows)
-
-
-def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> list[tuple[str, bool]]:
-    """INSERT ... ON CONFLICT DO NOTHING for all rows in one statement, in the caller's
-    transaction, then the stored id of each row that was a duplicate."""
-    inserted = set(conn.execute(insert_ignoring_duplicates(conn.dialect.name, Delivery.__table__),
-                                rows).scalars())
-    missing = [row for row in rows if row["id"] not in inserted]
-    return _outcomes(rows, inserted, _stored_ids(conn, missing) if missing else {})
-
-
-def _outcomes(rows: list[dict[str, Any]], inserted: set[str],
-              stored: dict[tuple[int, str], str]) -> list[tuple[str, bool]]:
-    """(id, whether this call stored the row) for each row, in row order."""
-    outcomes = []
-    for row in rows:
-        if row["id"] in inserted:
-            outcomes.append((row["id"], True))
-        else:
-            existing = stored[(row["connection_id"], row["request_uuid"])]
-            # Our own id comes back when the commit of a first try reached the server but its
-            # answer did not: the row is new to the caller, who has not queued it yet.
-            outcomes.append((existing, existing == row["id"]))
-    return outcomes
 
 
 def _insert_on_postgresql(engine: Engine, rows: list[dict[str, Any]]) -> set[str]:
@@ -233,10 +210,3 @@ def _multi_row_insert(columns: tuple[str, ...], n: int) -> str:
                        for i in range(n))
     return (f"INSERT INTO {Delivery.__tablename__} ({', '.join(columns)}) VALUES {values} "
             "ON CONFLICT DO NOTHING RETURNING id")
-
-
-def _stored_ids(conn: Connection, rows: list[dict[str, Any]]) -> dict[tuple[int, str], str]:
-    keys = {(row["connection_id"], row["request_uuid"]) for row in rows}
-    found = conn.execute(select(Delivery.connection_id, Delivery.request_uuid, Delivery.id).where(
-        tuple_(Delivery.connection_id, Delivery.request_uuid).in_(keys)))
-    return {(connection_id, request_uuid): id_ for connection_id, request_uuid, id_ in found}

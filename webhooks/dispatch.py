@@ -63,7 +63,7 @@ class Dispatcher:
         self._lock = threading.Lock()
 
     def submit(self, task: str, arg: str | int) -> None:
-        """Publish task(arg) soon; `task` is a job of worker.task_names.BY_JOB."""
+        """Publish task(arg) soon; `task` is a job of worker.queue.task_names.BY_JOB."""
         self._ensure_thread()
         self._jobs.append((task, arg))
         self._wake.set()

@@ -15,10 +15,10 @@ import orjson
 from flask import Blueprint, current_app, jsonify, request
 
 from webhooks import signatures
-from webhooks.delivery_store import insert_rows
 from worker import ledger
 from worker.db.models import utcnow
 from worker.engine.events import ISSUE_EVENTS, issue_key, quick_check
+from worker.sync.deliveries import insert_rows
 
 log = logging.getLogger("bbsync.webhooks")
 bp = Blueprint("receiver", __name__)

@@ -18,6 +18,7 @@ from worker.db.models import Link, Ticket, TicketAttachment, TicketComment, utcn
 from worker.engine.events import MAX_ID, SYNCED_FIELDS
 from worker.sync import escalate as escalation
 from worker.sync import reverse, reverse_comments
+from worker.targets.local import LocalHelpdesk
 
 bp = Blueprint("tickets", __name__, url_prefix="/api/tickets")
 
@@ -164,7 +165,7 @@ def add_comment(ticket_id: int):
         comment = TicketComment(ticket_id=ticket_id, body=text, internal=internal, author=author)
         session.add(comment)
         session.flush()
-        links = reverse_comments.record_ticket_comment(session, comment)
+        links = reverse_comments.record_ticket_comment(session, LocalHelpdesk(session).get_comment(str(comment.id)))
         result = {"id": comment.id, "body": comment.body, "internal": comment.internal,
                   "author": comment.author, "created_at": comment.created_at.isoformat()}
     for link_id in links:

@@ -1,1 +1,2 @@
-"""The sync worker: Celery app and tasks, the pure sync engine, the sides it syncs, and storage."""
+"""The sync worker: the queue (Celery app, tasks, publishers, broker), the pure sync engine, the
+sides it syncs, and storage."""

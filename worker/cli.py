@@ -192,7 +192,7 @@ def conflicts_list(name: str, state: str) -> None:
 def conflicts_resolve(conflict_id: int, take: str, value: str | None) -> None:
     from worker.db.session import transaction
     from worker.sync import conflicts as conflict_store
-    from worker.tasks import enqueue
+    from worker.queue.tasks import enqueue
     try:
         with transaction() as session:
             push = conflict_store.resolve(session, conflict_id, take, value, os.environ.get("USER"))
@@ -224,7 +224,7 @@ def reconcile(name: str, comments: str) -> None:
     """Poll Bitbucket now for what connection NAME's webhooks missed."""
     from worker.bitbucket.errors import BitbucketError
     from worker.sync.reconcile import reconcile_connection
-    from worker.tasks import enqueue, enqueue_delivery
+    from worker.queue.tasks import enqueue, enqueue_delivery
     try:
         report = reconcile_connection(_connection_id(name), comments=comments)
     except BitbucketError as exc:
@@ -299,7 +299,7 @@ def deliveries_replay(delivery_id: str | None, all_failed: bool) -> None:
     """Process a failed delivery again once its cause is fixed (or every one, with --failed)."""
     from worker.db.session import transaction
     from worker.sync import deliveries as store
-    from worker.tasks import enqueue_delivery
+    from worker.queue.tasks import enqueue_delivery
     if bool(delivery_id) == all_failed:
         _fail("give a DELIVERY_ID or --failed")
     try:
@@ -318,7 +318,7 @@ def deliveries_dismiss(delivery_id: str) -> None:
     """Give up on a failed delivery; the events held behind it continue."""
     from worker.db.session import transaction
     from worker.sync import deliveries as store
-    from worker.tasks import enqueue_delivery
+    from worker.queue.tasks import enqueue_delivery
     try:
         with transaction() as session:
             released = store.dismiss(session, delivery_id, os.environ.get("USER"))
@@ -333,7 +333,7 @@ def deliveries_dismiss(delivery_id: str) -> None:
 def deliveries_requeue() -> None:
     """Enqueue stored deliveries that were never processed (e.g. after a broker outage)."""
     from datetime import timedelta
-    from worker.tasks import requeue_pending
+    from worker.queue.tasks import requeue_pending
     click.echo(f"enqueued {requeue_pending(older_than=timedelta(0))} delivery(ies)")
 
 
@@ -341,7 +341,7 @@ def deliveries_requeue() -> None:
 @click.argument("delivery_ids", nargs=-1, required=True)
 def deliveries_enqueue(delivery_ids: tuple[str, ...]) -> None:
     """Queue deliveries by id again. Safe: a delivery already processed is skipped."""
-    from worker.tasks import enqueue_delivery
+    from worker.queue.tasks import enqueue_delivery
     for delivery_id in delivery_ids:
         if not delivery_id.isalnum() or len(delivery_id) > 32:
             _fail(f"{delivery_id!r} is not a delivery id")
@@ -373,14 +373,14 @@ def web(host: str, port: int | None) -> None:
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Run a Celery worker (extra arguments go to `celery worker`)."""
-    from worker.celery_app import app
+    from worker.queue.celery_app import app
     app.worker_main(["worker", "--loglevel=INFO", *ctx.args])
 
 
 @main.command()
 def demo() -> None:
     """Run the end-to-end demo on the embedded default (no servers needed)."""
-    from worker.demo import run
+    from devstack.demo import run
     sys.exit(run())
 
 

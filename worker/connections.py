@@ -16,10 +16,10 @@ from worker.db.credentials import Credential
 from worker.db.models import Connection, ConnectionRepo, WebhookSecret
 from worker.engine.events import SYNCED_FIELDS
 from worker.engine.merge import DEFAULT_POLICY, POLICIES
+from worker.targets import SIDES
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 REPO_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")
-TARGETS = ("local",)
 MAX_SECRET_CHARS = 128  # Bitbucket's own limit on a hook secret
 
 
@@ -53,8 +53,8 @@ def validate(spec: ConnectionSpec) -> None:
     for secret in spec.webhook_secrets:
         if not secret or len(secret) > MAX_SECRET_CHARS or not secret.isprintable():
             raise InvalidConnection(f"a webhook secret must be 1-{MAX_SECRET_CHARS} printable characters")
-    if spec.target not in TARGETS:
-        raise InvalidConnection(f"unknown target {spec.target!r} (known: {', '.join(TARGETS)})")
+    if spec.target not in SIDES:
+        raise InvalidConnection(f"unknown target {spec.target!r} (known: {', '.join(sorted(SIDES))})")
     if spec.api_url is not None and not re.fullmatch(r"https?://[^\s?#]+", spec.api_url):
         raise InvalidConnection(f"--api-url {spec.api_url!r} is not an http(s) URL without query")
     if spec.api_token is not None:

@@ -8,8 +8,9 @@ from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from worker.db.models import LedgerEntry, utcnow
+from worker.engine.states import Outcome
 
-OUTCOMES = ("applied", "noop", "echo", "stale", "unmapped", "conflict", "failed", "ignored")
+OUTCOMES = tuple(Outcome)
 
 
 def record(db: Session | Connection, *, connection_id: int, direction: str, outcome: str,

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, text
 
 from webhooks.signatures import sign
 from worker.db.session import make_engine
-from worker.stack import Stack
+from devstack.stack import Stack
 
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

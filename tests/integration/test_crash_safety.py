@@ -17,7 +17,7 @@ from tests.integration.conftest import (IN_CI, REDIS_URL, Running, _create_datab
                                         _postgres_answers, _redis_answers)
 from tests.integration.tcp_proxy import TcpProxy
 from worker.db.session import make_engine
-from worker.stack import Stack
+from devstack.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -64,8 +64,8 @@ def test_rerunning_a_processed_delivery_has_no_second_effect(running):
 def test_embedded_broker_sets_aside_an_unreadable_message_and_the_worker_goes_on(running):
     """kombu's filesystem transport could hand the worker a message file before its bytes were
     written; decoding the empty payload stopped the worker ("Unrecoverable error"), and every
-    later delivery waited forever. worker.embedded_broker writes messages whole and sets aside
-    a file that does not decode: here one is put in front of a real delivery."""
+    later delivery waited forever. worker.queue.embedded_broker writes messages whole and sets
+    aside a file that does not decode: here one is put in front of a real delivery."""
     var = Path(running.stack.env["BBSYNC_VAR_DIR"])
     queue = running.stack.env["BBSYNC_QUEUE"]
     bad = f"{0:020d}_half-written.{queue}.msg"

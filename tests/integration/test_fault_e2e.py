@@ -19,7 +19,7 @@ from tests.integration.simulator_server import serve_simulator
 from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.two_way import AUTH, EVENTS, wait_for
 from worker.db.session import make_engine
-from worker.stack import Stack
+from devstack.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from celery import Celery
 
 from config.settings import load
 from tests.conftest import _clear_caches
-from worker.celery_app import celery_config
+from worker.queue.celery_app import celery_config
 
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

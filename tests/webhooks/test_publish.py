@@ -9,7 +9,7 @@ import os
 import redis
 
 from tests.webhooks.conftest import celery_for, queued
-from worker.publish import publish_many
+from worker.queue.publish import publish_many
 
 
 def test_a_batch_is_one_redis_command_of_stock_celery_messages(redis_app, monkeypatch):
@@ -40,7 +40,7 @@ def test_a_batch_is_one_redis_command_of_stock_celery_messages(redis_app, monkey
 
 
 def test_a_long_run_of_deliveries_is_split_so_that_a_burst_spreads_over_the_workers():
-    from worker.publish import IDS_PER_MESSAGE, messages
+    from worker.queue.publish import IDS_PER_MESSAGE, messages
     jobs = [("process_delivery", f"d{i}") for i in range(2 * IDS_PER_MESSAGE + 1)]
     out = messages(jobs)
     assert [(name, covered) for name, _args, covered in out] == [
@@ -67,7 +67,7 @@ def test_an_unbatched_transport_reports_the_jobs_before_the_failure(tmp_path, mo
     # The embedded filesystem broker, like AMQP, cannot defer a publish: each message goes out
     # at once, so the ones before a failure are surely queued.
     app = celery_for({"BBSYNC_VAR_DIR": str(tmp_path), "BBSYNC_QUEUE": "q"})
-    from worker import embedded_broker
+    from worker.queue import embedded_broker
     original, calls = os.replace, []
 
     def replace_failing_from_third(src, dst):

@@ -1,4 +1,4 @@
-"""The web process's direct Redis publish path (worker/redis_queue.py) pushes what Celery's
+"""The web process's direct Redis publish path (worker/queue/redis_queue.py) pushes what Celery's
 send_task pushes through kombu, field by field: a Celery or kombu upgrade that changes the
 message fails here. (The integration tests run a stock `celery worker` on these messages.)"""
 from __future__ import annotations
@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from tests.webhooks.conftest import celery_for, queued
-from worker import redis_queue
-from worker.publish import publish_many
+from worker.queue import redis_queue
+from worker.queue.publish import publish_many
 
 #: Differ between any two messages: fresh ids.
 FRESH = {("headers", "id"), ("headers", "root_id"), ("properties", "correlation_id"),
@@ -42,8 +42,8 @@ def test_a_pushed_message_is_the_one_send_task_would_queue(redis_app, name, args
     app, client, queue = redis_app
     # send_task takes a registered task's options (time limits, routing) into its message:
     # register ours, so that an option added to one of them shows up here as a difference.
-    from worker.celery_app import app as production
-    from worker import tasks  # noqa: F401 - registers them
+    from worker.queue.celery_app import app as production
+    from worker.queue import tasks  # noqa: F401 - registers them
     app.tasks[name] = production.tasks[name]
     app.send_task(name, args=args)
     redis_queue.RedisTaskQueue(app).push([(name, args)])

@@ -4,20 +4,21 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from worker import task_names
+from worker.queue import task_names
 
 
 def test_the_web_app_and_its_publisher_import_no_task_module():
-    code = ("import sys, webhooks; webhooks.create_app(); from worker import publish; "
+    code = ("import sys, webhooks; webhooks.create_app(); from worker.queue import publish; "
             "publish.messages([('process_delivery', 'a'), ('process_delivery', 'b'), ('push_link', 3)]); "
-            "print(sorted(m for m in sys.modules if m in ('worker.tasks', 'worker.sync.forward', 'worker.sync.push')))")
+            "print(sorted(m for m in sys.modules"
+            " if m in ('worker.queue.tasks', 'worker.sync.forward', 'worker.sync.push')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_every_name_is_a_registered_task_that_takes_the_job():
-    from worker.celery_app import app
-    from worker import tasks
+    from worker.queue.celery_app import app
+    from worker.queue import tasks
     names = {task_names.PROCESS_DELIVERY, task_names.PROCESS_DELIVERIES, task_names.PUSH_LINK}
     assert names <= set(app.tasks)
     for job, name in task_names.BY_JOB.items():

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from config.settings import load
-from worker.celery_app import MAX_TASK_DELAY_SECONDS, celery_config, max_task_delay
+from worker.queue.celery_app import MAX_TASK_DELAY_SECONDS, celery_config, max_task_delay
 from worker.sync.deliveries import MAX_RUNS
-from worker.tasks import MAX_RETRIES, _backoff, process_delivery, push_link
+from worker.queue.tasks import MAX_RETRIES, _backoff, process_delivery, push_link
 
 
 def test_tasks_are_acknowledged_late_and_handed_back_when_a_worker_dies(tmp_path):
@@ -37,9 +37,9 @@ def test_embedded_broker_needs_no_server_and_keeps_its_files_under_var(tmp_path)
 
 
 def test_beat_runs_the_cheap_issue_pass_often_and_the_comment_passes_rarely():
-    from worker.celery_app import BEAT_SCHEDULE
+    from worker.queue.celery_app import BEAT_SCHEDULE
     from worker.sync.reconcile import COMMENT_MODES
-    from worker.tasks import reconcile_all
+    from worker.queue.tasks import reconcile_all
     passes = {e["kwargs"]["comments"]: e["schedule"] for e in BEAT_SCHEDULE.values()
               if e["task"] == reconcile_all.name}
     assert set(passes) <= set(COMMENT_MODES)

@@ -1,4 +1,5 @@
-"""The embedded broker (worker.embedded_broker): messages appear whole, bad files are set aside."""
+"""The embedded broker (worker.queue.embedded_broker): messages appear whole, bad files are set
+aside."""
 from __future__ import annotations
 
 import contextlib
@@ -12,14 +13,14 @@ from kombu.transport import filesystem
 from kombu.transport.virtual import Empty
 
 from config.settings import load
-from worker import embedded_broker
-from worker.celery_app import celery_config
+from worker.queue import embedded_broker
+from worker.queue.celery_app import celery_config
 
 QUEUE = "q"
 
 
 def _channel(tmp_path, transport=embedded_broker.Transport):
-    """A connection and channel laid out as worker.celery_app lays out var/broker."""
+    """A connection and channel laid out as worker.queue.celery_app lays out var/broker."""
     f = {name: tmp_path / "broker" / name for name in ("queue", "processed", "control")}
     for folder in f.values():
         folder.mkdir(parents=True, exist_ok=True)

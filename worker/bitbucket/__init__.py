@@ -7,6 +7,7 @@
 - budget.py       a per-credential request meter over a rolling hour
 - retry.py        backoff with full jitter and Retry-After parsing
 - client.py       BitbucketClient: one httpx2.Client, retries, pagination, the methods
+- scan.py         keyset paging over an issue listing (reconciliation and backfill read with it)
 
 Their tables (credentials, api_budget) live in worker.db.credentials.
 """

@@ -1,6 +1,6 @@
 """How far the periodic scans of Bitbucket have read, per repository of a connection.
 
-- reconcile_watermarks: the newest `updated_on` reconciliation has processed (worker.sync.reconcile)
+- reconcile_watermarks: the newest `updated_on` reconciliation has processed (worker.sync.watermarks)
 - backfill_cursors: the last issue an (interruptible) backfill has processed (worker.sync.backfill)
 """
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Backfill: import the issues that existed before the connection (or its webhook) did.
 
 Every issue of every repository of the connection (or only those with `updated_on >= since`)
-goes through the same path as reconciliation (`worker.sync.reconcile`): a synthetic
+goes through the same path as reconciliation (`worker.sync.importer`): a synthetic
 `issue:updated` delivery per issue version, processed inline by the forward engine, which
 creates a ticket and a link for an issue it has not seen and changes nothing for one it holds
 at that version; then the issue's comments, if it was ever touched after its creation, each
 as a synthetic `issue:comment_created` delivery (an internal note, once).
 
 Streaming: issues are read page by page (keyset paging on (updated_on, id), see
-`reconcile.IssueScan`), each issue processed and dropped; at most one page is held.
+`worker.bitbucket.scan.IssueScan`), each issue processed and dropped; at most one page is held.
 
 Resumable: after each page the cursor, the (updated_on, id) of the last issue fully
 processed, is committed in `backfill_cursors`, one row per repository. An interrupted
@@ -31,12 +31,13 @@ from typing import Any, Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from worker.bitbucket.scan import PAGELEN, IssueScan, newest_key
 from worker.db.models import Connection, utcnow
 from worker.db.session import transaction
 from worker.db.watermarks import BackfillCursor
-from worker.sync.clients import client_for
-from worker.sync.reconcile import (PAGELEN, ClientFactory, Importer, IssueScan, SyncReport, issue_key,
-                                   seed_watermark)
+from worker.sync.clients import ClientFactory, client_for
+from worker.sync.importer import Importer, SyncReport
+from worker.sync.watermarks import seed_watermark
 
 log = logging.getLogger("bbsync.backfill")
 
@@ -155,7 +156,7 @@ def _start(session: Session, connection_id: int, repo: str, since: datetime | No
 
 
 def _commit_page(connection_id: int, repo: str, page: list[dict]) -> tuple[datetime, int] | None:
-    newest = max((k for k in map(issue_key, page) if k is not None), default=None)
+    newest = newest_key(page)
     with transaction() as session:
         row = session.get(BackfillCursor, (connection_id, repo), with_for_update=True)
         row.pages += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from typing import Any, Callable
 
 from worker.bitbucket.auth import auth_for
 from worker.bitbucket.budget import BudgetMeter
@@ -14,6 +15,9 @@ from worker.bitbucket.errors import AuthFailed
 from worker.db.credentials import Credential
 from worker.db.models import Connection
 from worker.db.session import session_factory, transaction
+
+#: How reconciliation and backfill get a connection's client (client_for; a test hands in its own).
+ClientFactory = Callable[[int], Any]
 
 _clients: dict[tuple, BitbucketClient] = {}
 _lock = threading.Lock()

@@ -4,10 +4,9 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from config.enums import TARGET
 from worker import connections, ledger
 from worker.db.models import Conflict, Connection, Link, OutgoingChange, Shadow, utcnow
-from worker.targets.local import LocalHelpdesk
+from worker.targets import side_for
 
 TAKES = ("bitbucket", "target", "value")
 
@@ -58,6 +57,7 @@ def resolve(session: Session, conflict_id: int, take: str, value: str | None, wh
         raise ResolutionError(f"conflict {conflict_id} is already {c.state}")
     link = session.scalar(select(Link).where(Link.id == c.link_id).with_for_update(key_share=True))
     conn = session.get(Connection, c.connection_id)
+    helpdesk = side_for(session, conn.target)
     tables = connections.tables_for(conn)
     mapped = c.field in tables.fields
 
@@ -68,12 +68,12 @@ def resolve(session: Session, conflict_id: int, take: str, value: str | None, wh
     else:
         if value is None:
             raise ResolutionError("take=value needs a value")
-        if mapped and value not in TARGET[c.field]:
+        accepted = helpdesk.vocabulary.get(c.field, ())
+        if mapped and value not in accepted:
             raise ResolutionError(f"{value!r} is not a helpdesk {c.field} "
-                                  f"(one of {', '.join(TARGET[c.field])})")
+                                  f"(one of {', '.join(accepted)})")
         target_value = value
 
-    helpdesk = LocalHelpdesk(session)
     if helpdesk.read(link.target_id).fields.get(c.field) != target_value:
         helpdesk.apply(link.target_id, {c.field: target_value})
     # The base becomes "both sides at Bitbucket's current value": the push then writes exactly

@@ -1,21 +1,72 @@
-"""Stored deliveries as an operator sees them: dead letters, replays, dismissals, and the
-events held behind a failed one (one issue's events never apply out of order)."""
+"""Stored deliveries: the one insert that stores them (a webhook's and reconciliation's
+synthetic ones alike), the runs of their processing and its retries, and what an operator
+sees: dead letters, replays, dismissals, and the events held behind a failed one (one issue's
+events never apply out of order)."""
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Any, Callable, TypeVar
+
+from sqlalchemy import Connection, select, tuple_
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from worker import ledger
 from worker.db.models import Delivery, utcnow
+from worker.db.session import insert_ignoring_duplicates, transaction
 
 #: Processing may start this many times (retries and redeliveries after a worker died) before
 #: the delivery is dead-lettered as failed, for a person to look at.
 MAX_RUNS = 12
+#: Transient by nature: a database blip, a lock timeout, or losing a race to create the same
+#: link (the unique constraint fires; on retry the link exists). Anything else is a bug or bad
+#: data and must not loop.
+RETRYABLE = (OperationalError, IntegrityError)
+
+T = TypeVar("T")
 
 
 class DeliveryError(ValueError):
     pass
 
+
+# --- storing ----------------------------------------------------------------------------------
+
+def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> list[tuple[str, bool]]:
+    """INSERT ... ON CONFLICT DO NOTHING for all rows in one statement, in the caller's
+    transaction, then the stored id of each row that was a duplicate: (id, whether this call
+    stored the row) for each row, in row order. A duplicate is a row whose (connection,
+    request_uuid) is stored already."""
+    inserted = set(conn.execute(insert_ignoring_duplicates(conn.dialect.name, Delivery.__table__),
+                                rows).scalars())
+    return insert_outcomes(conn, rows, inserted)
+
+
+def insert_outcomes(conn: Connection, rows: list[dict[str, Any]],
+                    inserted: set[str]) -> list[tuple[str, bool]]:
+    """(id, whether this call stored the row) for each row, in row order, once an insert that
+    ignored duplicates stored the rows whose ids are `inserted`."""
+    missing = [row for row in rows if row["id"] not in inserted]
+    stored = _stored_ids(conn, missing) if missing else {}
+    outcomes = []
+    for row in rows:
+        if row["id"] in inserted:
+            outcomes.append((row["id"], True))
+        else:
+            existing = stored[(row["connection_id"], row["request_uuid"])]
+            # Our own id comes back when the commit of a first try reached the server but its
+            # answer did not: the row is new to the caller, who has not queued it yet.
+            outcomes.append((existing, existing == row["id"]))
+    return outcomes
+
+
+def _stored_ids(conn: Connection, rows: list[dict[str, Any]]) -> dict[tuple[int, str], str]:
+    keys = {(row["connection_id"], row["request_uuid"]) for row in rows}
+    found = conn.execute(select(Delivery.connection_id, Delivery.request_uuid, Delivery.id).where(
+        tuple_(Delivery.connection_id, Delivery.request_uuid).in_(keys)))
+    return {(connection_id, request_uuid): id_ for connection_id, request_uuid, id_ in found}
+
+
+# --- processing -------------------------------------------------------------------------------
 
 def start_run(session: Session, delivery_id: str) -> Delivery | None:
     """Count one more start of processing; dead-letter a delivery that keeps not finishing.
@@ -30,10 +81,48 @@ def start_run(session: Session, delivery_id: str) -> Delivery | None:
     return d
 
 
+def begin_run(delivery_id: str) -> Delivery | None:
+    """start_run in a transaction of its own, committed when this returns."""
+    with transaction() as session:
+        return start_run(session, delivery_id)
+
+
+def retrying(work: Callable[[Session], T], attempts: int,
+             on_retry: Callable[[int, BaseException], Any] | None = None) -> T:
+    """`work(session)` in a transaction of its own, tried again at once after a RETRYABLE error
+    (told to `on_retry` with the attempt's number), `attempts` times in all. The last
+    attempt's error propagates, and so does any other error at once."""
+    attempt = 1
+    while True:
+        try:
+            with transaction() as session:
+                return work(session)
+        except RETRYABLE as exc:
+            if attempt >= attempts:
+                raise
+            if on_retry is not None:
+                on_retry(attempt, exc)
+            attempt += 1
+
+
+def dead_letter(delivery_id: str, reason: str) -> bool:
+    """Fail a delivery still waiting to be processed, in a transaction of its own, for a person
+    to look at (and replay). Returns whether it was still waiting."""
+    with transaction() as session:
+        d = session.get(Delivery, delivery_id)
+        if d is None or d.status != "received":
+            return False
+        fail(session, d, reason)
+        return True
+
+
 def fail(session: Session, d: Delivery, reason: str) -> None:
     d.status, d.error, d.processed_at = "failed", reason[:2000], utcnow()
     ledger.record(session, connection_id=d.connection_id, direction="forward", outcome="failed",
                   delivery_id=d.id, detail=reason[:2000])
+
+
+# --- held, replayed and dismissed deliveries --------------------------------------------------
 
 
 def blocking(session: Session, d: Delivery) -> str | None:
@@ -108,5 +197,3 @@ def requeue_all_failed(session: Session, connection_id: int | None, who: str | N
     for delivery_id in list(session.scalars(query.order_by(Delivery.received_at))):
         ids += replay(session, delivery_id, who)
     return list(dict.fromkeys(ids))
-
-

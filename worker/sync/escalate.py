@@ -20,13 +20,14 @@ from sqlalchemy.exc import IntegrityError
 
 from worker import connections, ledger
 from worker.bitbucket.errors import BitbucketError, TrackerRemoved
-from worker.db.models import (Connection, ConnectionRepo, Escalation, Link, Shadow, Ticket,
-                              TicketAttachment, TicketComment, utcnow)
+from worker.db.models import Connection, ConnectionRepo, Escalation, Link, Shadow, utcnow
 from worker.db.session import transaction
 from worker.engine.events import SYNCED_FIELDS, display_name, parse_time
 from worker.sync import claims, reverse
 from worker.sync.clients import client_for
 from worker.sync.markers import ticket_marker, ticket_search_token
+from worker.targets import side_for
+from worker.targets.side import Item, Side
 
 EXCERPT_CHARS = 600
 KINDS = ("bug", "enhancement", "proposal", "task")
@@ -95,14 +96,11 @@ def _connection_for(session, req: Request) -> Connection:
     return found[0]
 
 
-def _validate(session, req: Request) -> Ticket:
-    ticket = session.get(Ticket, req.ticket_id)
-    if ticket is None:
-        raise LookupError(f"ticket {req.ticket_id} does not exist")
+def _validate(side: Side, req: Request) -> Item:
+    ticket = side.read(str(req.ticket_id))  # LookupError: no such ticket
     if req.kind is not None and req.kind not in KINDS:
         raise EscalationError(f"kind must be one of {', '.join(KINDS)}")
-    have = set(session.scalars(select(TicketAttachment.name).where(
-        TicketAttachment.ticket_id == ticket.id)))
+    have = set(side.attachment_names(ticket.id))
     missing = [n for n in req.attachments if n not in have]
     if missing:
         raise EscalationError(f"ticket {ticket.id} has no attachment named {', '.join(map(repr, missing))}")
@@ -113,8 +111,8 @@ def _claim(req: Request, wait_seconds: float):
     deadline = time.monotonic() + wait_seconds
     while True:
         with transaction() as session:
-            _validate(session, req)
             conn = _connection_for(session, req)
+            _validate(side_for(session, conn.target), req)
             link = session.scalar(select(Link).where(Link.connection_id == conn.id,
                                                      Link.target_id == str(req.ticket_id)))
             esc = session.scalar(select(Escalation).where(Escalation.connection_id == conn.id,
@@ -147,9 +145,9 @@ def _claim(req: Request, wait_seconds: float):
         time.sleep(0.2)
 
 
-def _issue_body(session, conn: Connection, esc: Escalation, ticket: Ticket) -> dict:
+def _issue_body(side: Side, conn: Connection, esc: Escalation, ticket: Item) -> dict:
     tables = connections.tables_for(conn)
-    excerpt = (ticket.description or "").strip()
+    excerpt = (ticket.fields.get("description") or "").strip()
     if len(excerpt) > EXCERPT_CHARS:
         excerpt = excerpt[:EXCERPT_CHARS - 1] + "\u2026"
     lines = [f"Escalated from helpdesk ticket #{ticket.id}.", "",
@@ -157,17 +155,16 @@ def _issue_body(session, conn: Connection, esc: Escalation, ticket: Ticket) -> d
     if excerpt:
         lines += ["", "**Customer report:**", "", *("> " + line for line in excerpt.splitlines())]
     if esc.options.get("include_comments"):
-        public = [c for c in session.scalars(select(TicketComment).where(
-            TicketComment.ticket_id == ticket.id, TicketComment.internal.is_(False)).order_by(TicketComment.id))]
+        public = side.list_comments(ticket.id, public_only=True)
         if public:
             lines += ["", "**Conversation:**"]
             lines += [f"- {c.author or 'unknown'}: {' '.join(c.body.split())[:300]}" for c in public]
     lines += ["", ticket_marker(conn.name, ticket.id)]
     return {
-        "title": ticket.title,
+        "title": ticket.fields.get("title"),
         "content": {"raw": "\n".join(lines), "markup": "markdown"},
-        "kind": esc.options.get("kind") or tables.to_bitbucket("type", ticket.type) or "bug",
-        "priority": tables.to_bitbucket("priority", ticket.priority) or "major",
+        "kind": esc.options.get("kind") or tables.to_bitbucket("type", ticket.fields.get("type")) or "bug",
+        "priority": tables.to_bitbucket("priority", ticket.fields.get("priority")) or "major",
     }
 
 
@@ -187,8 +184,8 @@ def _run(esc_id: int, conn_id: int, conn_name: str, req: Request, client, held: 
     with transaction() as session:
         esc = session.get(Escalation, esc_id)
         conn = session.get(Connection, conn_id)
-        ticket = session.get(Ticket, esc.ticket_id)
-        body = _issue_body(session, conn, esc, ticket)
+        side = side_for(session, conn.target)
+        body = _issue_body(side, conn, esc, side.read(str(esc.ticket_id)))
         issue_id = esc.bitbucket_issue_id
     issue = None
     if issue_id is None:
@@ -207,8 +204,9 @@ def _run(esc_id: int, conn_id: int, conn_name: str, req: Request, client, held: 
     with transaction() as session:
         esc = session.get(Escalation, esc_id)
         todo = [n for n in esc.options.get("attachments", []) if n not in (esc.uploaded or [])]
-        files = [(a.name, a.data, a.content_type) for a in session.scalars(select(TicketAttachment).where(
-            TicketAttachment.ticket_id == esc.ticket_id, TicketAttachment.name.in_(todo)))]
+        conn = session.get(Connection, conn_id)
+        files = [(a.name, a.data, a.content_type)
+                 for a in side_for(session, conn.target).attachments(str(esc.ticket_id), todo)]
     if files:
         _renew(esc_id, held)
         client.upload_attachments(req.repo, issue_id, files, retry_unsafe=True)  # same name replaces
@@ -223,7 +221,7 @@ def _run(esc_id: int, conn_id: int, conn_name: str, req: Request, client, held: 
 def _link(session, esc_id: int, conn_id: int, req: Request, issue: dict) -> Result:
     esc = session.get(Escalation, esc_id)
     conn = session.get(Connection, conn_id)
-    ticket = session.get(Ticket, esc.ticket_id)
+    ticket = side_for(session, conn.target).read(str(esc.ticket_id))
     url = ((issue.get("links") or {}).get("html") or {}).get("href")
     linked = select(Link).where(Link.connection_id == conn.id, Link.target_id == str(ticket.id))
     # The webhook of the new issue may have linked it already (forward._adopt_escalation).
@@ -236,7 +234,7 @@ def _link(session, esc_id: int, conn_id: int, req: Request, issue: dict) -> Resu
     return Result(conn.name, req.repo, issue["id"], url, True)
 
 
-def _insert_link(session, linked, conn: Connection, ticket: Ticket, req: Request, issue: dict,
+def _insert_link(session, linked, conn: Connection, ticket: Item, req: Request, issue: dict,
                  url: str | None) -> Link:
     """The ticket's link to the issue we created, with its shadows; or, when a worker processing
     the issue's webhook linked them between our look and this insert, that link (it made the
@@ -257,6 +255,6 @@ def _insert_link(session, linked, conn: Connection, ticket: Ticket, req: Request
               "type": issue.get("kind"), "assignee": display_name(issue.get("assignee"))}
     for field in SYNCED_FIELDS:
         session.add(Shadow(link_id=link.id, field=field, bitbucket_value=values[field],
-                           target_value=getattr(ticket, field), target_at=utcnow(),
+                           target_value=ticket.fields.get(field), target_at=utcnow(),
                            bitbucket_at=link.bitbucket_updated_at))
     return link

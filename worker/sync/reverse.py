@@ -28,13 +28,14 @@ from worker import connections, ledger
 from worker.db.models import Conflict, Connection, Link, OutgoingChange, Shadow, utcnow
 from worker.engine.events import LIMITS, parse_time
 from worker.engine.merge import ShadowPair, decide_field
+from worker.engine.states import OUTBOX_OPEN, Direction, OutboxState, Outcome
 from worker.engine.text import clean
 from worker.sync import claims
-from worker.targets.local import LocalHelpdesk
+from worker.targets import side_for
 
 log = logging.getLogger("bbsync.sync")
 
-DIRECTION = "reverse"
+DIRECTION = Direction.REVERSE
 #: Ticket fields pushed to Bitbucket, and the key each has in Bitbucket's change API. The
 #: assignee is not pushed: a helpdesk display name does not identify a Bitbucket account.
 BITBUCKET_KEYS = {"title": "title", "description": "content", "status": "state",
@@ -62,6 +63,7 @@ class PushPlan:
     fields: list[FieldPush] = field(default_factory=list)
     actor: str | None = None
     attempts: dict[int, int] = field(default_factory=dict)  # outbox id -> this attempt's number
+    target: str = "local"  # the connection's target side
 
     def change_body(self) -> dict[str, dict[str, str | None]]:
         return {BITBUCKET_KEYS[f.field]: {"new": f.bitbucket_value} for f in self.fields}
@@ -87,7 +89,7 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
     conn = session.get(Connection, link.connection_id)
     rows = list(session.scalars(select(OutgoingChange).where(
         OutgoingChange.link_id == link.id, OutgoingChange.kind == "fields",
-        OutgoingChange.state.in_(("pending", "sending"))).order_by(OutgoingChange.id)))
+        OutgoingChange.state.in_(OUTBOX_OPEN)).order_by(OutgoingChange.id)))
     if not rows:
         return None
     if conn.tracker_removed_at is not None:
@@ -98,17 +100,17 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
         return None
 
     tables = connections.tables_for(conn)
-    ticket = LocalHelpdesk(session).read(link.target_id)
+    ticket = side_for(session, conn.target).read(link.target_id)
     shadows = {s.field: s for s in session.scalars(select(Shadow).where(Shadow.link_id == link.id))}
     plan = PushPlan(conn.id, conn.name, link.id, link.bitbucket_repo, link.bitbucket_issue_id,
-                    [r.id for r in rows], actor=rows[-1].actor)
+                    [r.id for r in rows], actor=rows[-1].actor, target=conn.target)
     wanted = dict.fromkeys(f for r in rows for f in (r.fields or []) if f in BITBUCKET_KEYS)
     # A field with an open conflict waits for the person who resolves it.
     parked = set(session.scalars(select(Conflict.field).where(
         Conflict.link_id == link.id, Conflict.state == "open")))
     for name in wanted:
         if name in parked:
-            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="noop",
+            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.NOOP,
                           field=name, link_id=link.id, actor=plan.actor,
                           detail="not pushed: an open conflict on this field awaits a person")
             continue
@@ -125,20 +127,20 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
         if d is None:
             continue
         if d.outcome == "unmapped":
-            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="unmapped",
+            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.UNMAPPED,
                           field=name, link_id=link.id, actor=plan.actor, target_value=d.source_value,
                           detail=d.detail)
         elif d.write:
             plan.fields.append(FieldPush(name, d.source_value, d.new_dest, base))
         else:  # equivalent already (a lossy map): nothing to write, but the base moves
             _set_shadow(session, link.id, name, shadows.get(name), d.dest_value, d.source_value)
-            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="noop",
+            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.NOOP,
                           field=name, link_id=link.id, actor=plan.actor, target_value=d.source_value,
                           bitbucket_value=d.dest_value, old_value=d.dest_value, new_value=d.dest_value,
                           detail=f"{d.source_value!r} already corresponds to Bitbucket's {d.dest_value!r}")
     if not plan.fields:
         for r in rows:
-            r.state, r.sent_at = "sent", utcnow()
+            r.state, r.sent_at = OutboxState.SENT, utcnow()
         return None
     sent = {f.field: f.bitbucket_value for f in plan.fields}
     # What we write, and the helpdesk value it was written from: the pair an echo agrees on.
@@ -146,14 +148,14 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
     # One write, one set of values to expect back: on the newest row only. Older writes of the
     # same fields are superseded: their echoes, if still on the way, are stale by then.
     for older in session.scalars(select(OutgoingChange).where(
-            OutgoingChange.link_id == link.id, OutgoingChange.state == "sent",
+            OutgoingChange.link_id == link.id, OutgoingChange.state == OutboxState.SENT,
             OutgoingChange.unechoed.is_not(None))):
         left = {k: v for k, v in (older.unechoed or {}).items() if k not in sent}
         if left != older.unechoed:
             older.unechoed = left or None
     claimed_until = claims.until(now)
     for r in rows:
-        r.state, r.attempts, r.sent_values = "sending", r.attempts + 1, pairs
+        r.state, r.attempts, r.sent_values = OutboxState.SENDING, r.attempts + 1, pairs
         r.claimed_until = claimed_until
         r.unechoed = dict(sent) if r is rows[-1] else None
         plan.attempts[r.id] = r.attempts
@@ -175,14 +177,14 @@ def unheld_rows(session: Session, link_id: int) -> list[int]:
 
 
 def _unheld():
-    return OutgoingChange.state.in_(("pending", "sending")) & or_(
+    return OutgoingChange.state.in_(OUTBOX_OPEN) & or_(
         OutgoingChange.claimed_until.is_(None), OutgoingChange.claimed_until <= utcnow())
 
 
 def held(rows: list[OutgoingChange], now: datetime) -> bool:
     """Another attempt is writing rows of this kind for the link now: it pushes what is
     pending when it finishes, so this one leaves them all alone."""
-    return any(r.state == "sending" and claims.is_live(r.claimed_until, now) for r in rows)
+    return any(r.state == OutboxState.SENDING and claims.is_live(r.claimed_until, now) for r in rows)
 
 
 def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> bool:
@@ -206,7 +208,7 @@ def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> bool
             overwritten[f.field] = {"was": old, "base": believed}
         _set_shadow(session, link.id, f.field, shadows.get(f.field), f.bitbucket_value, f.target_value,
                     bitbucket_at=written_at)
-        ledger.record(session, connection_id=plan.connection_id, direction=DIRECTION, outcome="applied",
+        ledger.record(session, connection_id=plan.connection_id, direction=DIRECTION, outcome=Outcome.APPLIED,
                       field=f.field, link_id=link.id, actor=plan.actor,
                       base_value=f.base.dest if f.base else None,
                       old_value=old if old is not None else believed, new_value=f.bitbucket_value,
@@ -217,20 +219,20 @@ def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> bool
     # them (forward checks per field). The link's own watermark is left alone: it says which
     # Bitbucket snapshot we last read whole, and our write told us nothing of the other fields.
     for r in session.scalars(select(OutgoingChange).where(OutgoingChange.id.in_(plan.outbox_ids))):
-        if r.state == "sending" and r.attempts == plan.attempts.get(r.id):
-            r.state, r.sent_at, r.error, r.claimed_until = "sent", utcnow(), None, None
+        if r.state == OutboxState.SENDING and r.attempts == plan.attempts.get(r.id):
+            r.state, r.sent_at, r.error, r.claimed_until = OutboxState.SENT, utcnow(), None, None
             r.overwritten = overwritten or None
     # The ticket may have changed while the write was in flight (an agent, or a forward
     # decision): whatever now differs from what we wrote goes out in another push, and so do
     # edits that other pushes left to us while we held the link's fields.
-    current = LocalHelpdesk(session).read(link.target_id).fields
+    current = side_for(session, plan.target).read(link.target_id).fields
     moved = [f.field for f in plan.fields if current.get(f.field) != f.target_value]
     if moved:
         session.add(OutgoingChange(connection_id=plan.connection_id, link_id=link.id, kind="fields",
                                    fields=moved, actor=plan.actor))
     return session.scalar(select(OutgoingChange.id).where(
         OutgoingChange.link_id == link.id, OutgoingChange.kind == "fields",
-        OutgoingChange.state == "pending").limit(1)) is not None
+        OutgoingChange.state == OutboxState.PENDING).limit(1)) is not None
 
 
 def _set_shadow(session: Session, link_id: int, name: str, row: Shadow | None, bitbucket_value,
@@ -245,8 +247,8 @@ def _set_shadow(session: Session, link_id: int, name: str, row: Shadow | None, b
 
 def give_up(session: Session, conn: Connection, link: Link, rows: list[OutgoingChange], reason: str) -> None:
     for r in rows:
-        r.state, r.error = "failed", reason
-    ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="failed",
+        r.state, r.error = OutboxState.FAILED, reason
+    ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.FAILED,
                   link_id=link.id, detail=reason)
 
 
@@ -258,17 +260,17 @@ def fail(session: Session, link_id: int, outbox_ids: list[int], reason: str, *, 
     for r in rows:
         r.error, r.claimed_until = reason[:2000], None
         if permanent:
-            r.state = "failed"
+            r.state = OutboxState.FAILED
     if permanent and rows:
         ledger.record(session, connection_id=rows[0].connection_id, direction=DIRECTION,
-                      outcome="failed", link_id=link_id, detail=reason[:2000])
+                      outcome=Outcome.FAILED, link_id=link_id, detail=reason[:2000])
 
 
 def mark_tracker_removed(session: Session, connection_id: int) -> None:
     conn = session.get(Connection, connection_id)
     if conn is not None and conn.tracker_removed_at is None:
         conn.tracker_removed_at = utcnow()
-        ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="failed",
+        ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.FAILED,
                       detail="Bitbucket answered 410 Gone: the issue tracker was removed. Sync to "
                              "Bitbucket stops for this connection; all data held here is kept.")
 
@@ -279,7 +281,7 @@ def release(session: Session, claimed: dict[int, int], written: set[int]) -> Non
     them (looking for the marker first); the others wait as `pending`. A row another attempt
     took over meanwhile is left to it."""
     for r in session.scalars(select(OutgoingChange).where(OutgoingChange.id.in_(list(claimed)))):
-        if r.state == "sending" and r.attempts == claimed[r.id]:
+        if r.state == OutboxState.SENDING and r.attempts == claimed[r.id]:
             r.claimed_until = None
             if r.id not in written:
-                r.state = "pending"
+                r.state = OutboxState.PENDING

@@ -13,10 +13,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker import ledger
-from worker.db.models import CommentLink, Connection, Link, OutgoingChange, TicketComment, utcnow
+from worker.db.models import CommentLink, Connection, Link, OutgoingChange, utcnow
+from worker.engine.states import OUTBOX_OPEN, OutboxState, Outcome
 from worker.sync import claims
 from worker.sync.markers import comment_marker
 from worker.sync.reverse import DIRECTION, give_up, held
+from worker.targets import side_for
+from worker.targets.side import Comment
 
 @dataclass
 class CommentPush:
@@ -32,25 +35,25 @@ class CommentPush:
     attempt: int  # this attempt's number on the outbox row: the claim's token
 
 
-def record_ticket_comment(session: Session, comment: TicketComment) -> list[int]:
+def record_ticket_comment(session: Session, comment: Comment) -> list[int]:
     """Queue a helpdesk comment for Bitbucket. Internal notes stay local unless the
     connection explicitly says otherwise (privacy fails closed)."""
-    links = list(session.scalars(select(Link).where(Link.target_id == str(comment.ticket_id))))
+    links = list(session.scalars(select(Link).where(Link.target_id == comment.item_id)))
     queued = []
     for link in links:
         conn = session.get(Connection, link.connection_id)
         if comment.internal and not conn.push_internal_notes:
-            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome="noop",
+            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.NOOP,
                           field="comment", link_id=link.id, actor=comment.author,
                           detail=f"internal note {comment.id} kept in the helpdesk")
             continue
         session.add(OutgoingChange(connection_id=conn.id, link_id=link.id, kind="comment",
-                                   ticket_comment_id=comment.id, actor=comment.author))
+                                   ticket_comment_id=int(comment.id), actor=comment.author))
         queued.append(link.id)
     return queued
 
 
-def format_comment(connection: str, comment: TicketComment) -> str:
+def format_comment(connection: str, comment: Comment) -> str:
     who = comment.author or "Support"
     return f"{comment.body}\n\n*{who}, via the helpdesk*\n\n{comment_marker(connection, comment.id)}"
 
@@ -62,7 +65,7 @@ def plan_comments(session: Session, link_id: int) -> list[CommentPush]:
     conn = session.get(Connection, link.connection_id)
     rows = list(session.scalars(select(OutgoingChange).where(
         OutgoingChange.link_id == link.id, OutgoingChange.kind == "comment",
-        OutgoingChange.state.in_(("pending", "sending"))).order_by(OutgoingChange.id)))
+        OutgoingChange.state.in_(OUTBOX_OPEN)).order_by(OutgoingChange.id)))
     if rows and conn.tracker_removed_at is not None:
         give_up(session, conn, link, rows, "the repository's issue tracker was removed (410)")
         return []
@@ -75,13 +78,13 @@ def plan_comments(session: Session, link_id: int) -> list[CommentPush]:
         done = session.scalar(select(CommentLink.id).where(
             CommentLink.link_id == link.id, CommentLink.target_comment_id == str(r.ticket_comment_id)))
         if done is not None:
-            r.state, r.sent_at = "sent", utcnow()
+            r.state, r.sent_at = OutboxState.SENT, utcnow()
             continue
-        comment = session.get(TicketComment, r.ticket_comment_id)
+        comment = side_for(session, conn.target).get_comment(str(r.ticket_comment_id))
         plans.append(CommentPush(conn.id, conn.name, link.id, r.id, link.bitbucket_repo,
-                                 link.bitbucket_issue_id, comment.id, format_comment(conn.name, comment),
-                                 resume=r.state == "sending", attempt=r.attempts + 1))
-        r.state, r.attempts, r.claimed_until = "sending", r.attempts + 1, claimed_until
+                                 link.bitbucket_issue_id, int(comment.id), format_comment(conn.name, comment),
+                                 resume=r.state == OutboxState.SENDING, attempt=r.attempts + 1))
+        r.state, r.attempts, r.claimed_until = OutboxState.SENDING, r.attempts + 1, claimed_until
     return plans
 
 
@@ -92,10 +95,10 @@ def finish_comment(session: Session, push: CommentPush, bitbucket_comment: dict)
         session.add(CommentLink(link_id=push.link_id, bitbucket_comment_id=bitbucket_comment["id"],
                                 target_comment_id=str(push.ticket_comment_id)))
     row = session.get(OutgoingChange, push.outbox_id)
-    if row.state == "sent":
+    if row.state == OutboxState.SENT:
         return  # an attempt that took over our lapsed claim found this post and recorded it
-    row.state, row.sent_at, row.error, row.claimed_until = "sent", utcnow(), None, None
-    ledger.record(session, connection_id=push.connection_id, direction=DIRECTION, outcome="applied",
+    row.state, row.sent_at, row.error, row.claimed_until = OutboxState.SENT, utcnow(), None, None
+    ledger.record(session, connection_id=push.connection_id, direction=DIRECTION, outcome=Outcome.APPLIED,
                   field="comment", link_id=push.link_id, actor=row.actor,
                   new_value=str(bitbucket_comment["id"]),
                   detail=f"helpdesk comment {push.ticket_comment_id} posted as Bitbucket comment "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from worker import tasks
+from worker.queue import tasks
 from worker.db.models import Delivery, LedgerEntry, Link
 from worker.db.session import transaction
 from worker.sync import forward

@@ -16,7 +16,8 @@ from worker.db.models import (Base, CommentLink, Connection, ConnectionRepo, Del
 from worker.db.session import get_engine, transaction
 from worker.db.watermarks import BackfillCursor, ReconcileWatermark
 from worker.sync import push
-from worker.sync.reconcile import DELETED_NOTE, reconcile_connection
+from worker.sync.comment_scan import DELETED_NOTE
+from worker.sync.reconcile import reconcile_connection
 
 REPO = "acme/widgets"
 WORKSPACE, SLUG = REPO.split("/")

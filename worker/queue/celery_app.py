@@ -2,14 +2,14 @@
 
 Broker: Redis in production (REDIS_URL), RabbitMQ if BROKER_URL says amqp://, and otherwise
 kombu's filesystem transport under var/broker, which needs no server: the embedded default
-(with the repair in worker.embedded_broker, so that a message is never read half-written).
+(with the repair in worker.queue.embedded_broker, so that a message is never read half-written).
 """
 from __future__ import annotations
 
 from celery import Celery
 
 from config.settings import Settings, get_settings
-from worker import embedded_broker
+from worker.queue import embedded_broker
 
 #: Longest delay any task of ours may be scheduled with (retry backoff cap). The broker's
 #: visibility timeout must be longer, or Redis would hand a delayed task to a second worker.
@@ -58,7 +58,7 @@ def celery_config(settings: Settings) -> dict:
     }
 
 
-app = Celery("bbsync", include=["worker.tasks"])
+app = Celery("bbsync", include=["worker.queue.tasks"])
 
 
 #: The periodic jobs run by the Procfile's `beat:` process (exactly one beat per deployment).

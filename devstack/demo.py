@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx2
 
-from worker.stack import Stack, free_port, wait_http
+from devstack.stack import Stack, free_port, wait_http
 
 REPO = "acme/widgets"
 CONNECTION = "acme"

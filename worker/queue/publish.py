@@ -1,10 +1,10 @@
 """Publish several Celery task messages in one go: the web process's dispatcher drains its queue
 into a batch and hands it here.
 
-A run of delivery jobs becomes one `process_deliveries` message (see worker.tasks): per
+A run of delivery jobs becomes one `process_deliveries` message (see worker.queue.tasks): per
 request, a message costs the web process more CPU than anything else it does. On a plain Redis
 broker the batch's messages go out as one LPUSH from a client kept for the process's life
-(worker.redis_queue): the messages kombu would push, for less than half the CPU.
+(worker.queue.redis_queue): the messages kombu would push, for less than half the CPU.
 Other brokers (AMQP, the embedded filesystem broker) get each message from Celery's `send_task`
 over one pooled producer, published at once.
 """
@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from functools import lru_cache
 from typing import TYPE_CHECKING, Sequence
 
-from worker import redis_queue, task_names
+from worker.queue import redis_queue, task_names
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -65,7 +65,7 @@ def publish_many(jobs: Sequence[Job], app: Celery | None = None) -> int:
     work done); a missing one would leave a delivery waiting for the sweeper.
     """
     if app is None:
-        from worker.celery_app import app
+        from worker.queue.celery_app import app
 
     if not jobs:
         return 0

@@ -85,7 +85,7 @@ class Stack:
 
     def start_worker(self, name: str = "worker", concurrency: int = 1, pool: str = "solo") -> subprocess.Popen:
         proc = self._spawn(name, [
-            _bin("celery"), "-A", "worker.celery_app", "worker", "--loglevel=INFO",
+            _bin("celery"), "-A", "worker.queue.celery_app", "worker", "--loglevel=INFO",
             f"--pool={pool}", f"--concurrency={concurrency}", "--hostname", f"{name}@%h",
             "--without-gossip", "--without-mingle", "--without-heartbeat"])
         self._wait_log(name, "ready.", proc)

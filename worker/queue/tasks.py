@@ -10,19 +10,21 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from config.settings import get_settings
-from worker import task_names
-from worker.celery_app import app, max_task_delay
+from worker.queue import task_names
+from worker.queue.celery_app import app, max_task_delay
 from worker.bitbucket import errors as bitbucket_errors
 from worker.db.models import Delivery, utcnow
 from worker.db.session import transaction
 from worker.sync import deliveries, forward, push, reverse
+from worker.targets import side
 
 log = logging.getLogger("bbsync.tasks")
 
-#: Transient by nature: a database blip, a lock timeout, or losing a race to create the same
-#: link (the unique constraint fires; on retry the link exists). Anything else is a bug or bad
+#: Transient by nature: a database blip, a lock timeout, losing a race to create the same link
+#: (the unique constraint fires; on retry the link exists), a target side that did not answer or
+#: whose item changed under the write (read again, decide again). Anything else is a bug or bad
 #: data and must not loop: it is recorded as failed for a person to see and replay.
-RETRYABLE = (OperationalError, IntegrityError)
+RETRYABLE = (OperationalError, IntegrityError, side.Unavailable, side.VersionConflict)
 MAX_RETRIES = 8
 #: How long a stored delivery may wait unqueued before the sweeper enqueues it again.
 REQUEUE_AFTER = timedelta(seconds=30)

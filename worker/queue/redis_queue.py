@@ -13,7 +13,7 @@ upgrade of Celery or kombu that changes the envelope fails there rather than in 
 
 Only for the plain layout: a `redis://` or `rediss://` broker, no key prefix, no priority
 steps, and the default queue (no `task_queues` or `task_routes`, so no queue options such as an
-expiry). Anything else goes through `send_task` (worker.publish).
+expiry). Anything else goes through `send_task` (worker.queue.publish).
 """
 from __future__ import annotations
 

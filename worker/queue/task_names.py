@@ -1,6 +1,6 @@
 """The names of the tasks that the web process and the CLI queue, by the job each does.
 
-Kept apart from worker.tasks so that queueing work imports no engine: the web process needs
+Kept apart from worker.queue.tasks so that queueing work imports no engine: the web process needs
 only a task's name to publish its message.
 """
 PROCESS_DELIVERY = "bbsync.process_delivery"

@@ -1,0 +1,49 @@
+"""The engine's words, one enum each: what a decision came to, who won, where a write or a
+delivery stands. StrEnums, so that they are stored, compared and shown as the plain words the
+ledger, the API and the database already use."""
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    """What one decision came to (a ledger line's outcome)."""
+    APPLIED = "applied"      # a change was made to the other side
+    NOOP = "noop"            # nothing to change (already equivalent, kept local, parked...)
+    ECHO = "echo"            # our own write seen back
+    STALE = "stale"          # older than what is held: no news
+    UNMAPPED = "unmapped"    # a value the mapping tables do not carry
+    CONFLICT = "conflict"    # both sides changed it
+    FAILED = "failed"
+    IGNORED = "ignored"      # not ours to sync
+
+
+class Winner(StrEnum):
+    """Who keeps a field that both sides changed, relative to the event being decided."""
+    SOURCE = "source"
+    DEST = "dest"
+
+
+class Policy(StrEnum):
+    BITBUCKET_WINS = "bitbucket_wins"
+    TARGET_WINS = "target_wins"
+    LATEST_WINS = "latest_wins"
+    MANUAL = "manual"
+
+
+class Direction(StrEnum):
+    FORWARD = "forward"      # Bitbucket -> the target side
+    REVERSE = "reverse"      # the target side -> Bitbucket
+
+
+class OutboxState(StrEnum):
+    """pending -> sending (claimed, being written) -> sent | failed | dismissed."""
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    DISMISSED = "dismissed"
+
+
+#: Rows still to be written (a claim decides who writes a `sending` one).
+OUTBOX_OPEN = (OutboxState.PENDING, OutboxState.SENDING)

@@ -1,0 +1,54 @@
+"""Bitbucket comments -> notes on the target side, once each; our own posts seen back are
+echoes (their marker names the helpdesk comment they were written from)."""
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worker import ledger
+from worker.db.models import CommentLink, Connection, Delivery, Link
+from worker.engine.events import IssueEvent
+from worker.engine.states import Direction, Outcome
+from worker.sync.markers import find_comment_marker
+from worker.targets.side import Side
+
+DIRECTION = Direction.FORWARD
+
+
+def sync_comment(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
+                  link: Link, target: Side) -> None:
+    """A Bitbucket comment becomes an internal note on the ticket, once."""
+    comment = event.comment
+    if comment is None:
+        return
+    exists = session.scalar(select(CommentLink.id).where(
+        CommentLink.link_id == link.id, CommentLink.bitbucket_comment_id == comment.id))
+    ours = find_comment_marker(comment.body, conn.name)
+    if ours is not None:
+        # A helpdesk comment we posted, seen back. If our own commit has not happened yet (or
+        # never will, after a crash), the marker is enough to link it: never a second note.
+        linked = session.scalar(select(CommentLink.id).where(
+            CommentLink.link_id == link.id, CommentLink.target_comment_id == str(ours)))
+        if exists is None and linked is None and target.get_comment(str(ours)) is not None:
+            session.add(CommentLink(link_id=link.id, bitbucket_comment_id=comment.id,
+                                    target_comment_id=str(ours)))
+        ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.ECHO,
+                      field="comment", link_id=link.id, delivery_id=delivery.id, actor=comment.author,
+                      bitbucket_value=str(comment.id), detail=f"our own post of helpdesk comment {ours}")
+        return
+    if exists is not None:
+        ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.NOOP,
+                      field="comment", link_id=link.id, delivery_id=delivery.id, actor=comment.author,
+                      bitbucket_value=str(comment.id), detail="comment already synced")
+        return
+    note_id = target.add_comment(link.target_id, comment.body, internal=True, author=comment.author)
+    session.add(CommentLink(link_id=link.id, bitbucket_comment_id=comment.id, target_comment_id=note_id))
+    ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.APPLIED,
+                  field="comment", link_id=link.id, delivery_id=delivery.id, actor=comment.author,
+                  bitbucket_value=str(comment.id), new_value=excerpt(comment.body),
+                  detail=f"internal note {note_id} from Bitbucket comment {comment.id}")
+
+
+def excerpt(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
