@@ -275,6 +275,7 @@ class OutgoingChange(Base):
     # make the remote write (worker.sync.claims). Expired or empty: a resumed attempt looks for
     # its marker before writing again.
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)  # host:pid:start
     sent_values: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     unechoed: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # sent values not yet seen back
     # Values Bitbucket held just before our write when they were not the ones we believed: a

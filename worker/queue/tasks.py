@@ -139,13 +139,18 @@ def enqueue_delivery(delivery_id: str) -> bool:
 
 
 def requeue_pending(older_than: timedelta = REQUEUE_AFTER) -> int:
-    """Enqueue every stored delivery and outbox push still waiting after `older_than`. Safe to
-    repeat: a task finds finished work done and does nothing."""
+    """Enqueue every stored delivery and outbox push still waiting after `older_than`, and the
+    pushes a dead process of this host was making (its claims are given back). Safe to repeat:
+    a task finds finished work done and does nothing."""
     cutoff = utcnow() - older_than
+    with transaction() as session:
+        released = reverse.release_dead_claims(session)
+    if released:
+        log.info("sync.claims_released links=%s", released)
     with transaction() as session:
         ids = list(session.scalars(select(Delivery.id).where(
             Delivery.status == "received", Delivery.received_at <= cutoff).order_by(Delivery.received_at)))
-        links = reverse.waiting_links(session, cutoff)
+        links = sorted(set(reverse.waiting_links(session, cutoff)) | set(released))
     return sum(enqueue_delivery(i) for i in ids) + sum(enqueue("push_link", i) for i in links)
 
 

@@ -153,10 +153,10 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
         left = {k: v for k, v in (older.unechoed or {}).items() if k not in sent}
         if left != older.unechoed:
             older.unechoed = left or None
-    claimed_until = claims.until(now)
+    claimed_until, holder = claims.until(now), claims.holder()
     for r in rows:
         r.state, r.attempts, r.sent_values = OutboxState.SENDING, r.attempts + 1, pairs
-        r.claimed_until = claimed_until
+        r.claimed_until, r.claimed_by = claimed_until, holder
         r.unechoed = dict(sent) if r is rows[-1] else None
         plan.attempts[r.id] = r.attempts
     return plan
@@ -183,8 +183,22 @@ def _unheld():
 
 def held(rows: list[OutgoingChange], now: datetime) -> bool:
     """Another attempt is writing rows of this kind for the link now: it pushes what is
-    pending when it finishes, so this one leaves them all alone."""
-    return any(r.state == OutboxState.SENDING and claims.is_live(r.claimed_until, now) for r in rows)
+    pending when it finishes, so this one leaves them all alone. A claim whose process is
+    known to be dead holds nothing (the rows are resumed, marker first)."""
+    return any(r.state == OutboxState.SENDING and claims.is_live(r.claimed_until, now)
+               and not claims.holder_gone(r.claimed_by) for r in rows)
+
+
+def release_dead_claims(session: Session) -> list[int]:
+    """Give back the claims of processes of this host that died while writing (a killed
+    worker), so that their rows are resumed now rather than when the claims lapse. Returns the
+    links to push."""
+    rows = [r for r in session.scalars(select(OutgoingChange).where(
+        OutgoingChange.state == OutboxState.SENDING, OutgoingChange.claimed_until > utcnow()))
+        if claims.holder_gone(r.claimed_by)]
+    for r in rows:
+        r.claimed_until, r.claimed_by = None, None
+    return sorted({r.link_id for r in rows})
 
 
 def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> bool:
@@ -220,7 +234,8 @@ def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> bool
     # Bitbucket snapshot we last read whole, and our write told us nothing of the other fields.
     for r in session.scalars(select(OutgoingChange).where(OutgoingChange.id.in_(plan.outbox_ids))):
         if r.state == OutboxState.SENDING and r.attempts == plan.attempts.get(r.id):
-            r.state, r.sent_at, r.error, r.claimed_until = OutboxState.SENT, utcnow(), None, None
+            r.state, r.sent_at, r.error = OutboxState.SENT, utcnow(), None
+            r.claimed_until = r.claimed_by = None
             r.overwritten = overwritten or None
     # The ticket may have changed while the write was in flight (an agent, or a forward
     # decision): whatever now differs from what we wrote goes out in another push, and so do
@@ -258,7 +273,7 @@ def fail(session: Session, link_id: int, outbox_ids: list[int], reason: str, *, 
     the next attempt resumes them (it looks for the marker first)."""
     rows = list(session.scalars(select(OutgoingChange).where(OutgoingChange.id.in_(outbox_ids))))
     for r in rows:
-        r.error, r.claimed_until = reason[:2000], None
+        r.error, r.claimed_until, r.claimed_by = reason[:2000], None, None
         if permanent:
             r.state = OutboxState.FAILED
     if permanent and rows:
@@ -282,6 +297,6 @@ def release(session: Session, claimed: dict[int, int], written: set[int]) -> Non
     took over meanwhile is left to it."""
     for r in session.scalars(select(OutgoingChange).where(OutgoingChange.id.in_(list(claimed)))):
         if r.state == OutboxState.SENDING and r.attempts == claimed[r.id]:
-            r.claimed_until = None
+            r.claimed_until = r.claimed_by = None
             if r.id not in written:
                 r.state = OutboxState.PENDING

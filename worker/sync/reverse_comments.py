@@ -72,7 +72,7 @@ def plan_comments(session: Session, link_id: int) -> list[CommentPush]:
     now = utcnow()
     if held(rows, now):
         return []
-    claimed_until = claims.until(now)
+    claimed_until, holder = claims.until(now), claims.holder()
     plans = []
     for r in rows:
         done = session.scalar(select(CommentLink.id).where(
@@ -84,7 +84,8 @@ def plan_comments(session: Session, link_id: int) -> list[CommentPush]:
         plans.append(CommentPush(conn.id, conn.name, link.id, r.id, link.bitbucket_repo,
                                  link.bitbucket_issue_id, int(comment.id), format_comment(conn.name, comment),
                                  resume=r.state == OutboxState.SENDING, attempt=r.attempts + 1))
-        r.state, r.attempts, r.claimed_until = OutboxState.SENDING, r.attempts + 1, claimed_until
+        r.state, r.attempts = OutboxState.SENDING, r.attempts + 1
+        r.claimed_until, r.claimed_by = claimed_until, holder
     return plans
 
 
@@ -97,7 +98,8 @@ def finish_comment(session: Session, push: CommentPush, bitbucket_comment: dict)
     row = session.get(OutgoingChange, push.outbox_id)
     if row.state == OutboxState.SENT:
         return  # an attempt that took over our lapsed claim found this post and recorded it
-    row.state, row.sent_at, row.error, row.claimed_until = OutboxState.SENT, utcnow(), None, None
+    row.state, row.sent_at, row.error = OutboxState.SENT, utcnow(), None
+    row.claimed_until = row.claimed_by = None
     ledger.record(session, connection_id=push.connection_id, direction=DIRECTION, outcome=Outcome.APPLIED,
                   field="comment", link_id=push.link_id, actor=row.actor,
                   new_value=str(bitbucket_comment["id"]),

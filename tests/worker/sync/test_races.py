@@ -3,6 +3,7 @@ between a remote write and the local commit, two pushes of one link overlapping 
 inside its remote call), and an escalation's link made by its webhook."""
 from __future__ import annotations
 
+import os
 import threading
 
 import httpx2
@@ -268,3 +269,62 @@ def test_the_claim_outlasts_the_slowest_call_the_client_can_make():
     # Built as worker.sync.clients builds it for a connection: default timeouts, retries, budget.
     client = BitbucketClient("https://api.bitbucket.org/2.0", None, budget=BudgetMeter(None), credential_key="k")
     assert 300 < client.longest_call_seconds() < claims.CLAIM.total_seconds()
+
+
+def _plan_in_a_process_that_dies(link_id: int) -> None:
+    """Another worker process plans (claims) the link's comments and is killed in its POST."""
+    import multiprocessing
+
+    def plan_and_die():
+        from worker.db.session import get_engine
+        get_engine().dispose(close=False)  # the parent's pooled connections stay the parent's
+        with transaction() as session:
+            reverse_comments.plan_comments(session, link_id)
+        os._exit(0)
+    child = multiprocessing.get_context("fork").Process(target=plan_and_die)
+    child.start()
+    child.join(10)
+    assert child.exitcode == 0
+
+
+def test_a_claim_whose_process_died_is_taken_over_at_once_on_the_same_host(harness):
+    h = harness
+    issue, ticket = _new_linked_ticket(h)
+    h.web.post(f"/api/tickets/{ticket['id']}/comments", json={"body": "Looking.", "author": "Ana"})
+    _plan_in_a_process_that_dies(1)
+    with transaction() as session:
+        row = session.scalar(select(OutgoingChange))
+        assert row.state == "sending" and claims.is_live(row.claimed_until) and claims.holder_gone(row.claimed_by)
+    # No waiting for the claim to lapse: the next attempt resumes it (marker first) ...
+    assert "posted" in push.push_link(1, client_factory=h.client_factory)
+    assert len([c for c in h.api("GET", f"/issues/{issue['id']}/comments")["values"] if c["content"]["raw"]]) == 1
+
+
+def test_the_sweeper_gives_back_a_dead_processs_claims_and_queues_their_links(harness):
+    h = harness
+    issue, ticket = _new_linked_ticket(h)
+    h.web.post(f"/api/tickets/{ticket['id']}/comments", json={"body": "Looking.", "author": "Ana"})
+    _plan_in_a_process_that_dies(1)
+    with transaction() as session:
+        assert reverse.waiting_links(session, utcnow()) == []  # a live claim, as far as SQL can tell
+        assert reverse.release_dead_claims(session) == [1]
+    with transaction() as session:
+        row = session.scalar(select(OutgoingChange))
+        assert (row.state, row.claimed_until, row.claimed_by) == ("sending", None, None)  # resumed, marker first
+        assert reverse.waiting_links(session, utcnow()) == [1]
+        assert reverse.release_dead_claims(session) == []
+
+
+def test_a_live_processs_claim_is_never_taken_over_before_it_lapses(harness):
+    h = harness
+    issue, ticket = _new_linked_ticket(h)
+    h.web.post(f"/api/tickets/{ticket['id']}/comments", json={"body": "Looking.", "author": "Ana"})
+    with transaction() as session:
+        reverse_comments.plan_comments(session, 1)  # this process: alive, still "posting"
+        assert reverse.release_dead_claims(session) == []
+    with transaction() as session:
+        row = session.scalar(select(OutgoingChange))
+        assert row.claimed_by == claims.holder()
+        # Another host's claim, or one from before holders were named, cannot be judged: alive.
+        for other in ("elsewhere:1:1", None):
+            assert not claims.holder_gone(other)
