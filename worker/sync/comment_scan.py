@@ -23,12 +23,13 @@ from sqlalchemy.orm import Session
 
 from worker import ledger
 from worker.bitbucket.errors import NotFound
-from worker.db.models import CommentLink, Link, OutgoingChange, TicketComment, utcnow
+from worker.db.models import CommentLink, Link, OutgoingChange, utcnow
 from worker.db.session import transaction
 from worker.engine.events import NAME_LIMIT, comment_body, display_name, parse_time
 from worker.engine.text import clean
 from worker.sync import forward, forward_comments
 from worker.sync.markers import find_comment_marker
+from worker.targets import side_for
 
 if TYPE_CHECKING:
     from worker.sync.importer import SyncReport
@@ -42,9 +43,10 @@ class CommentScan:
     """Lists the comments of one issue at a time and brings the notes in line with them."""
 
     def __init__(self, connection_id: int, connection: str, client: Any, report: SyncReport,
-                 pagelen: int):
+                 pagelen: int, target: str = "local"):
         self.connection_id = connection_id
         self.connection = connection
+        self.target = target  # the connection's target side, where the notes are
         self.client = client
         self.report = report
         self.pagelen = pagelen
@@ -93,10 +95,12 @@ class CommentScan:
         text, cleaned = clean("comment", comment_body(comment))
         if find_comment_marker(text, self.connection) is not None or _from_helpdesk(session, link, cl):
             return  # our post of a helpdesk comment: the helpdesk is its origin
-        note = session.get(TicketComment, _int(cl.target_comment_id))
+        side = side_for(session, self.target)
+        note = side.get_comment(cl.target_comment_id)
         if note is None or note.body == text:
             return
-        old, note.body = note.body, text
+        old = note.body
+        side.revise_comment(note.id, text)
         author = display_name(comment.get("user"))
         if author is not None:
             author = clean("comment author", author, NAME_LIMIT)[0] or None
@@ -112,7 +116,8 @@ class CommentScan:
         self.report.comment_edits += 1
 
     def _deleted(self, session: Session, link: Link, cl: CommentLink) -> None:
-        note = session.get(TicketComment, _int(cl.target_comment_id))
+        side = side_for(session, self.target)
+        note = side.get_comment(cl.target_comment_id)
         ours = _from_helpdesk(session, link, cl)
         before = forward_comments.excerpt(note.body) if note is not None else None
         if ours:
@@ -120,7 +125,7 @@ class CommentScan:
                       f"{cl.target_comment_id} was deleted in Bitbucket; the helpdesk comment is kept")
         else:
             if note is not None:
-                note.body += DELETED_NOTE.format(cid=cl.bitbucket_comment_id)
+                side.revise_comment(note.id, note.body + DELETED_NOTE.format(cid=cl.bitbucket_comment_id))
             detail = (f"Bitbucket comment {cl.bitbucket_comment_id} was deleted in Bitbucket; internal "
                       f"note {cl.target_comment_id} is kept and marked as deleted (Bitbucket sends no "
                       f"webhook for comment deletions: found by reconciliation)")

@@ -129,7 +129,7 @@ class Importer:
         self.client = client
         self.report = report
         self.pagelen = pagelen
-        self.comment_scan = CommentScan(conn.id, conn.name, client, report, pagelen)
+        self.comment_scan = CommentScan(conn.id, conn.name, client, report, pagelen, conn.target)
         # (repo, issue) whose comments were listed, when a later full comment scan must not
         # list them twice (ids only; off for backfill, whose memory must not grow with issues).
         self.scanned: set[tuple[str, int]] | None = set() if remember_scans else None
