@@ -9,11 +9,12 @@ from webhooks.http import (BadInput, actor_header, dispatch, error, json_body, l
 from worker import connections, ledger
 from worker.db.models import Delivery
 from worker.engine.events import MAX_ID
+from worker.engine.states import DeliveryStatus
 from worker.sync import conflicts
 
 bp = Blueprint("operator", __name__, url_prefix="/api")
 
-DELIVERY_STATUSES = ("received", "processed", "ignored", "failed", "held", "dismissed")
+DELIVERY_STATUSES = tuple(DeliveryStatus)
 CONFLICT_STATES = ("open", "resolved")
 
 

@@ -277,6 +277,7 @@ def deliveries_list(connection_name: str | None, failed: bool, limit: int) -> No
     from worker import connections
     from worker.db.models import Delivery
     from worker.db.session import transaction
+    from worker.engine.states import DELIVERY_STUCK
     with transaction() as session:
         query = select(Delivery).order_by(Delivery.received_at.desc()).limit(limit)
         if connection_name:
@@ -285,7 +286,7 @@ def deliveries_list(connection_name: str | None, failed: bool, limit: int) -> No
                 _fail(f"unknown connection {connection_name!r}")
             query = query.where(Delivery.connection_id == conn.id)
         if failed:
-            query = query.where(Delivery.status.in_(("failed", "held")))
+            query = query.where(Delivery.status.in_(DELIVERY_STUCK))
         rows = list(session.scalars(query))
         lines = [f"{d.id}  {d.received_at:%Y-%m-%d %H:%M:%S}  {d.status:<9} {d.event_key:<22} "
                  f"{d.issue_key or '-':<30} {d.error or ''}" for d in rows]

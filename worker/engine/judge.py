@@ -1,5 +1,7 @@
 """What an incoming value of one field is, before any merging: our own write coming back (an
-echo), news older than what the link holds (stale), or news to decide (worker.engine.merge).
+echo), news older than what the link holds (stale), or news to decide (worker.engine.merge);
+what a Bitbucket comment is (ours seen back, already copied, new); which fields wait for a
+person (an open conflict parks them).
 
 Pure: the runner (worker.sync.forward) loads what these functions look at, the writes of ours
 still expecting their echo and what the link holds for the field, and carries out the verdict.
@@ -11,6 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Iterable, Mapping
 
+from worker.engine.markers import find_comment_marker
 from worker.engine.merge import is_stale
 
 
@@ -79,3 +82,27 @@ def late_echoes(fields: Mapping[str, Any], expected: Iterable[Expected]) -> list
     already holds something newer."""
     return [(write.outbox_id, field, value) for write in expected
             for field, value in write.values.items() if field in fields and fields[field] == value]
+
+
+class CommentKind(StrEnum):
+    OURS = "ours"      # a helpdesk comment we posted, seen back: an echo
+    KNOWN = "known"    # a Bitbucket comment already copied
+    NEW = "new"        # a Bitbucket comment to copy, once
+
+
+def judge_comment(body: str, connection: str, already_copied: bool) -> tuple[CommentKind, int | None]:
+    """What a Bitbucket comment is to the connection, and for ours, the helpdesk comment it was
+    written from (its marker says so, even when our own record of the post is not committed
+    yet, or never will be after a crash)."""
+    ours = find_comment_marker(body, connection)
+    if ours is not None:
+        return CommentKind.OURS, ours
+    return (CommentKind.KNOWN if already_copied else CommentKind.NEW), None
+
+
+def parked(fields: Iterable[str], open_conflicts: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(fields to push, fields that wait): a field with an open conflict waits for the person
+    who resolves it, whatever else changed."""
+    waiting = set(open_conflicts)
+    fields = list(fields)
+    return [f for f in fields if f not in waiting], [f for f in fields if f in waiting]

@@ -36,6 +36,21 @@ class Direction(StrEnum):
     REVERSE = "reverse"      # the target side -> Bitbucket
 
 
+class DeliveryStatus(StrEnum):
+    """received (stored, 202 sent) -> processed | ignored | held (behind a failed one of its
+    issue) | failed (for a person: replay or dismiss) | dismissed."""
+    RECEIVED = "received"
+    PROCESSED = "processed"
+    IGNORED = "ignored"
+    HELD = "held"
+    FAILED = "failed"
+    DISMISSED = "dismissed"
+
+
+#: Deliveries that stop the later ones of their issue until a person replays or dismisses them.
+DELIVERY_STUCK = (DeliveryStatus.FAILED, DeliveryStatus.HELD)
+
+
 class OutboxState(StrEnum):
     """pending -> sending (claimed, being written) -> sent | failed | dismissed."""
     PENDING = "pending"

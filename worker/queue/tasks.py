@@ -15,6 +15,7 @@ from worker.queue.celery_app import app, max_task_delay
 from worker.bitbucket import errors as bitbucket_errors
 from worker.db.models import Delivery, utcnow
 from worker.db.session import transaction
+from worker.engine.states import DeliveryStatus
 from worker.sync import deliveries, forward, push, reverse
 from worker.targets import side
 
@@ -40,7 +41,7 @@ def _run_delivery(delivery_id: str) -> str:
     RETRYABLE errors propagate (the caller retries); so does anything else (it fails)."""
     with transaction() as session:
         started = deliveries.start_run(session, delivery_id)
-    if started is None or started.status != "received":
+    if started is None or started.status != DeliveryStatus.RECEIVED:
         # A redelivery, a sweeper's second enqueue, or an operator's re-run: no second effect.
         log.info("sync.delivery_skipped delivery=%s status=%s", delivery_id,
                  started.status if started else "missing")
@@ -104,7 +105,7 @@ def _mark_failed(delivery_id: str, reason: str) -> None:
     log.error("sync.delivery_failed delivery=%s reason=%s", delivery_id, reason)
     with transaction() as session:
         delivery = session.get(Delivery, delivery_id)
-        if delivery is not None and delivery.status == "received":
+        if delivery is not None and delivery.status == DeliveryStatus.RECEIVED:
             deliveries.fail(session, delivery, reason)
 
 
@@ -149,7 +150,7 @@ def requeue_pending(older_than: timedelta = REQUEUE_AFTER) -> int:
         log.info("sync.claims_released links=%s", released)
     with transaction() as session:
         ids = list(session.scalars(select(Delivery.id).where(
-            Delivery.status == "received", Delivery.received_at <= cutoff).order_by(Delivery.received_at)))
+            Delivery.status == DeliveryStatus.RECEIVED, Delivery.received_at <= cutoff).order_by(Delivery.received_at)))
         links = sorted(set(reverse.waiting_links(session, cutoff)) | set(released))
     return sum(enqueue_delivery(i) for i in ids) + sum(enqueue("push_link", i) for i in links)
 

@@ -26,9 +26,9 @@ from worker.bitbucket.errors import NotFound
 from worker.db.models import CommentLink, Link, OutgoingChange, utcnow
 from worker.db.session import transaction
 from worker.engine.events import NAME_LIMIT, comment_body, display_name, parse_time
+from worker.engine.markers import find_comment_marker
 from worker.engine.text import clean
 from worker.sync import forward, forward_comments
-from worker.sync.markers import find_comment_marker
 from worker.targets import side_for
 
 if TYPE_CHECKING:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from worker import ledger
 from worker.db.models import Delivery, utcnow
 from worker.db.session import insert_ignoring_duplicates, transaction
+from worker.engine.states import DELIVERY_STUCK, DeliveryStatus
 
 #: Processing may start this many times (retries and redeliveries after a worker died) before
 #: the delivery is dead-lettered as failed, for a person to look at.
@@ -72,7 +73,7 @@ def start_run(session: Session, delivery_id: str) -> Delivery | None:
     """Count one more start of processing; dead-letter a delivery that keeps not finishing.
     Runs in its own transaction, committed before the work, so the count survives a crash."""
     d = session.get(Delivery, delivery_id)
-    if d is None or d.status != "received":
+    if d is None or d.status != DeliveryStatus.RECEIVED:
         return d
     d.runs += 1
     if d.runs > MAX_RUNS:
@@ -110,7 +111,7 @@ def dead_letter(delivery_id: str, reason: str) -> bool:
     to look at (and replay). Returns whether it was still waiting."""
     with transaction() as session:
         d = session.get(Delivery, delivery_id)
-        if d is None or d.status != "received":
+        if d is None or d.status != DeliveryStatus.RECEIVED:
             return False
         fail(session, d, reason)
         return True
@@ -131,12 +132,12 @@ def blocking(session: Session, d: Delivery) -> str | None:
         return None
     return session.scalar(select(Delivery.id).where(
         Delivery.connection_id == d.connection_id, Delivery.issue_key == d.issue_key,
-        Delivery.status.in_(("failed", "held")), Delivery.received_at <= d.received_at,
+        Delivery.status.in_(DELIVERY_STUCK), Delivery.received_at <= d.received_at,
         Delivery.id != d.id).order_by(Delivery.received_at).limit(1))
 
 
 def hold(session: Session, d: Delivery, behind: str) -> None:
-    d.status, d.error = "held", f"waiting behind failed delivery {behind} for {d.issue_key}"
+    d.status, d.error = DeliveryStatus.HELD, f"waiting behind failed delivery {behind} for {d.issue_key}"
     ledger.record(session, connection_id=d.connection_id, direction="forward", outcome="stale",
                   delivery_id=d.id, detail=f"held: an earlier event of {d.issue_key} failed "
                                            f"({behind}); replay or dismiss it to continue")
@@ -148,16 +149,16 @@ def release(session: Session, connection_id: int, key: str | None) -> list[str]:
     if not key:
         return []
     held = list(session.scalars(select(Delivery).where(
-        Delivery.connection_id == connection_id, Delivery.issue_key == key, Delivery.status == "held")
+        Delivery.connection_id == connection_id, Delivery.issue_key == key, Delivery.status == DeliveryStatus.HELD)
         .order_by(Delivery.received_at)))
     if not held:
         return []
     failed = session.scalar(select(Delivery.id).where(
-        Delivery.connection_id == connection_id, Delivery.issue_key == key, Delivery.status == "failed"))
+        Delivery.connection_id == connection_id, Delivery.issue_key == key, Delivery.status == DeliveryStatus.FAILED))
     if failed is not None:
         return []
     for d in held:
-        d.status, d.error, d.runs = "received", None, 0
+        d.status, d.error, d.runs = DeliveryStatus.RECEIVED, None, 0
     return [d.id for d in held]
 
 
@@ -166,10 +167,10 @@ def replay(session: Session, delivery_id: str, who: str | None) -> list[str]:
     d = session.get(Delivery, delivery_id)
     if d is None:
         raise LookupError(f"delivery {delivery_id} does not exist")
-    if d.status not in ("failed", "held", "dismissed"):
+    if d.status not in (*DELIVERY_STUCK, DeliveryStatus.DISMISSED):
         raise DeliveryError(f"delivery {delivery_id} is {d.status}; only failed, held or dismissed "
                             f"deliveries are replayed")
-    d.status, d.error, d.runs, d.processed_at = "received", None, 0, None
+    d.status, d.error, d.runs, d.processed_at = DeliveryStatus.RECEIVED, None, 0, None
     ledger.record(session, connection_id=d.connection_id, direction="forward", outcome="applied",
                   delivery_id=d.id, actor=who, detail=f"replay requested by {who or 'an operator'}")
     # The events held behind it stay held until it has been processed (forward releases them).
@@ -180,7 +181,7 @@ def dismiss(session: Session, delivery_id: str, who: str | None) -> list[str]:
     d = session.get(Delivery, delivery_id)
     if d is None:
         raise LookupError(f"delivery {delivery_id} does not exist")
-    if d.status not in ("failed", "held"):
+    if d.status not in DELIVERY_STUCK:
         raise DeliveryError(f"delivery {delivery_id} is {d.status}; only failed or held deliveries "
                             f"are dismissed")
     d.status, d.processed_at = "dismissed", utcnow()
@@ -190,7 +191,7 @@ def dismiss(session: Session, delivery_id: str, who: str | None) -> list[str]:
 
 
 def requeue_all_failed(session: Session, connection_id: int | None, who: str | None) -> list[str]:
-    query = select(Delivery.id).where(Delivery.status == "failed")
+    query = select(Delivery.id).where(Delivery.status == DeliveryStatus.FAILED)
     if connection_id is not None:
         query = query.where(Delivery.connection_id == connection_id)
     ids: list[str] = []

@@ -23,9 +23,9 @@ from worker.bitbucket.errors import BitbucketError, TrackerRemoved
 from worker.db.models import Connection, ConnectionRepo, Escalation, Link, Shadow, utcnow
 from worker.db.session import transaction
 from worker.engine.events import SYNCED_FIELDS, display_name, parse_time
+from worker.engine.markers import ticket_marker, ticket_search_token
 from worker.sync import claims, reverse
 from worker.sync.clients import client_for
-from worker.sync.markers import ticket_marker, ticket_search_token
 from worker.targets import side_for
 from worker.targets.side import Item, Side
 

@@ -21,10 +21,10 @@ from worker import connections, ledger
 from worker.db.models import Connection, Delivery, Link, OutgoingChange, Shadow, utcnow
 from worker.engine.events import MISSING, SYNCED_FIELDS, IssueEvent, MalformedEvent, normalize
 from worker.engine.judge import Held, Kind, judge
+from worker.engine.markers import find_ticket_marker
 from worker.engine.merge import FieldDecision, ShadowPair, decide_field, is_stale
-from worker.engine.states import Direction, OutboxState, Outcome
+from worker.engine.states import DeliveryStatus, Direction, OutboxState, Outcome
 from worker.sync import conflicts, deliveries, echoes, forward_comments, reverse
-from worker.sync.markers import find_ticket_marker
 from worker.targets import side_for
 from worker.targets.side import Side
 
@@ -45,8 +45,8 @@ class Processed:
 def process_delivery(session: Session, delivery_id: str) -> Processed:
     delivery = session.scalar(select(Delivery).where(Delivery.id == delivery_id).with_for_update())
     if delivery is None:
-        return Processed(delivery_id, "failed", "no such delivery")
-    if delivery.status != "received":
+        return Processed(delivery_id, DeliveryStatus.FAILED, "no such delivery")
+    if delivery.status != DeliveryStatus.RECEIVED:
         # A redelivery, a sweeper's second enqueue, or an operator's re-run: no second effect.
         log.info("sync.delivery_skipped delivery=%s status=%s", delivery_id, delivery.status)
         return Processed(delivery_id, "skipped", f"already {delivery.status}")
@@ -54,14 +54,14 @@ def process_delivery(session: Session, delivery_id: str) -> Processed:
     behind = deliveries.blocking(session, delivery)
     if behind is not None:
         deliveries.hold(session, delivery, behind)
-        return Processed(delivery.id, "held", f"behind {behind}")
+        return Processed(delivery.id, DeliveryStatus.HELD, f"behind {behind}")
 
     try:
         event = normalize(delivery.event_key, json.loads(delivery.body))
     except (MalformedEvent, ValueError) as exc:
-        return _finish(session, conn, delivery, "ignored", f"malformed payload: {exc}")
+        return _finish(session, conn, delivery, DeliveryStatus.IGNORED, f"malformed payload: {exc}")
     if event.issue.repo not in {r.full_name for r in conn.repos}:
-        return _finish(session, conn, delivery, "ignored",
+        return _finish(session, conn, delivery, DeliveryStatus.IGNORED,
                        f"repository {event.issue.repo} is not part of connection {conn.name}")
 
     # FOR NO KEY UPDATE: one event per link at a time, across any number of workers, without
@@ -80,20 +80,20 @@ def process_delivery(session: Session, delivery_id: str) -> Processed:
             echoes.record_overwritten(session, conn, delivery, event, link, target)
             if echoes.record_late_echoes(session, conn, delivery, event, link):
                 forward_comments.sync_comment(session, conn, delivery, event, link, target)
-                return _finish(session, conn, delivery, "processed", "echo", link)
+                return _finish(session, conn, delivery, DeliveryStatus.PROCESSED, "echo", link)
             ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.STALE,
                           link_id=link.id, delivery_id=delivery.id, actor=event.actor,
                           bitbucket_at=event.issue.updated_at,
                           detail=f"event from {event.issue.updated_at.isoformat()} is older than "
                                  f"the {link.bitbucket_updated_at.isoformat()} already applied")
             forward_comments.sync_comment(session, conn, delivery, event, link, target)
-            return _finish(session, conn, delivery, "processed", "stale", link)
+            return _finish(session, conn, delivery, DeliveryStatus.PROCESSED, "stale", link)
         _update_link(session, conn, delivery, event, link, target)
     forward_comments.sync_comment(session, conn, delivery, event, link, target)
     if event.issue.updated_at and (link.bitbucket_updated_at is None
                                    or event.issue.updated_at > link.bitbucket_updated_at):
         link.bitbucket_updated_at = event.issue.updated_at
-    return _finish(session, conn, delivery, "processed", link=link)
+    return _finish(session, conn, delivery, DeliveryStatus.PROCESSED, link=link)
 
 
 def _has_pending_push(session: Session, link: Link) -> bool:
@@ -103,11 +103,11 @@ def _has_pending_push(session: Session, link: Link) -> bool:
 
 def _finish(session: Session, conn: Connection, delivery: Delivery, status: str,
             detail: str = "", link: Link | None = None) -> Processed:
-    if status == "ignored":
+    if status == DeliveryStatus.IGNORED:
         ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.IGNORED,
                       delivery_id=delivery.id, detail=detail)
     delivery.status = status
-    delivery.error = detail if status in ("ignored", "failed") else None
+    delivery.error = detail if status in (DeliveryStatus.IGNORED, DeliveryStatus.FAILED) else None
     delivery.processed_at = utcnow()
     released = deliveries.release(session, conn.id, delivery.issue_key)
     push_link = link.id if link is not None and _has_pending_push(session, link) else None

@@ -8,8 +8,8 @@ from sqlalchemy.orm import Session
 from worker import ledger
 from worker.db.models import CommentLink, Connection, Delivery, Link
 from worker.engine.events import IssueEvent
+from worker.engine.judge import CommentKind, judge_comment
 from worker.engine.states import Direction, Outcome
-from worker.sync.markers import find_comment_marker
 from worker.targets.side import Side
 
 DIRECTION = Direction.FORWARD
@@ -23,8 +23,8 @@ def sync_comment(session: Session, conn: Connection, delivery: Delivery, event: 
         return
     exists = session.scalar(select(CommentLink.id).where(
         CommentLink.link_id == link.id, CommentLink.bitbucket_comment_id == comment.id))
-    ours = find_comment_marker(comment.body, conn.name)
-    if ours is not None:
+    kind, ours = judge_comment(comment.body, conn.name, already_copied=exists is not None)
+    if kind is CommentKind.OURS:
         # A helpdesk comment we posted, seen back. If our own commit has not happened yet (or
         # never will, after a crash), the marker is enough to link it: never a second note.
         linked = session.scalar(select(CommentLink.id).where(
@@ -36,7 +36,7 @@ def sync_comment(session: Session, conn: Connection, delivery: Delivery, event: 
                       field="comment", link_id=link.id, delivery_id=delivery.id, actor=comment.author,
                       bitbucket_value=str(comment.id), detail=f"our own post of helpdesk comment {ours}")
         return
-    if exists is not None:
+    if kind is CommentKind.KNOWN:
         ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.NOOP,
                       field="comment", link_id=link.id, delivery_id=delivery.id, actor=comment.author,
                       bitbucket_value=str(comment.id), detail="comment already synced")

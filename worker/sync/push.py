@@ -10,9 +10,9 @@ import logging
 from worker.bitbucket.errors import RETRYABLE as REMOTE_RETRYABLE
 from worker.bitbucket.errors import BitbucketError, TrackerRemoved
 from worker.db.session import transaction
+from worker.engine.markers import comment_marker
 from worker.sync import reverse, reverse_comments
 from worker.sync.clients import client_for
-from worker.sync.markers import comment_marker
 
 log = logging.getLogger("bbsync.sync")
 

@@ -55,6 +55,7 @@ from worker.bitbucket.errors import BitbucketError, TrackerRemoved
 from worker.bitbucket.scan import PAGELEN, IssueScan
 from worker.db.models import Connection, Delivery, Link, utcnow
 from worker.db.session import transaction
+from worker.engine.states import DeliveryStatus
 from worker.sync import reverse, watermarks
 from worker.sync.clients import ClientFactory, client_for
 from worker.sync.importer import Importer, SyncReport
@@ -155,6 +156,6 @@ def _stuck_work(report: ReconcileReport, connection_id: int, stuck_after: timede
     with transaction() as session:
         report.stuck_links = reverse.waiting_links(session, cutoff, connection_id)
         waiting = list(session.scalars(select(Delivery.id).where(
-            Delivery.connection_id == connection_id, Delivery.status == "received",
+            Delivery.connection_id == connection_id, Delivery.status == DeliveryStatus.RECEIVED,
             Delivery.received_at <= cutoff).order_by(Delivery.received_at)))
     report.enqueue = list(dict.fromkeys(report.enqueue + waiting))

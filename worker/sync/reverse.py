@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from worker import connections, ledger
 from worker.db.models import Conflict, Connection, Link, OutgoingChange, Shadow, utcnow
 from worker.engine.events import LIMITS, parse_time
+from worker.engine.judge import parked
 from worker.engine.merge import ShadowPair, decide_field
 from worker.engine.states import OUTBOX_OPEN, Direction, OutboxState, Outcome
 from worker.engine.text import clean
@@ -105,15 +106,13 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
     plan = PushPlan(conn.id, conn.name, link.id, link.bitbucket_repo, link.bitbucket_issue_id,
                     [r.id for r in rows], actor=rows[-1].actor, target=conn.target)
     wanted = dict.fromkeys(f for r in rows for f in (r.fields or []) if f in BITBUCKET_KEYS)
-    # A field with an open conflict waits for the person who resolves it.
-    parked = set(session.scalars(select(Conflict.field).where(
+    to_push, waiting = parked(wanted, session.scalars(select(Conflict.field).where(
         Conflict.link_id == link.id, Conflict.state == "open")))
-    for name in wanted:
-        if name in parked:
-            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.NOOP,
-                          field=name, link_id=link.id, actor=plan.actor,
-                          detail="not pushed: an open conflict on this field awaits a person")
-            continue
+    for name in waiting:
+        ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.NOOP,
+                      field=name, link_id=link.id, actor=plan.actor,
+                      detail="not pushed: an open conflict on this field awaits a person")
+    for name in to_push:
         row = shadows.get(name)
         base = ShadowPair(row.target_value, row.bitbucket_value) if row else None
         to_dest, to_source = tables.translators(name, "target")

@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session
 
 from worker import ledger
 from worker.db.models import CommentLink, Connection, Link, OutgoingChange, utcnow
+from worker.engine.markers import comment_marker
 from worker.engine.states import OUTBOX_OPEN, OutboxState, Outcome
 from worker.sync import claims
-from worker.sync.markers import comment_marker
 from worker.sync.reverse import DIRECTION, give_up, held
 from worker.targets import side_for
 from worker.targets.side import Comment

@@ -121,3 +121,20 @@ def test_policies_name_sides_and_winners_are_relative_to_the_event():
         d = decide_field("status", *both_changed, policy=policy, source_name=source, **kwargs)
         assert (d.outcome, d.winner) == (Outcome.CONFLICT, winner)
         assert d.outcome == "conflict"  # the word stored in the ledger
+
+
+def test_a_bitbucket_comment_is_ours_known_or_new():
+    from worker.engine.judge import CommentKind, judge_comment
+    from worker.engine.markers import comment_marker
+    ours = f"Deployed.\n\n*Ana, via the helpdesk*\n\n{comment_marker('acme', 12)}"
+    assert judge_comment(ours, "acme", already_copied=False) == (CommentKind.OURS, 12)
+    assert judge_comment(ours, "acme", already_copied=True) == (CommentKind.OURS, 12)
+    # Another connection's marker is not ours: that comment is news here.
+    assert judge_comment(ours, "other", already_copied=False) == (CommentKind.NEW, None)
+    assert judge_comment("Reproduced.", "acme", already_copied=True) == (CommentKind.KNOWN, None)
+
+
+def test_a_field_with_an_open_conflict_waits_and_the_rest_go():
+    from worker.engine.judge import parked
+    assert parked(["status", "priority", "title"], ["priority"]) == (["status", "title"], ["priority"])
+    assert parked(["status"], []) == (["status"], [])

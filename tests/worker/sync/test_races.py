@@ -21,8 +21,8 @@ from worker import ledger
 from worker.db.models import (CommentLink, Connection, LedgerEntry, Link, OutgoingChange, Shadow, Ticket,
                               TicketComment, utcnow)
 from worker.db.session import transaction
+from worker.engine.markers import ticket_marker
 from worker.sync import claims, escalate, push, reverse, reverse_comments
-from worker.sync.markers import ticket_marker
 
 
 def _new_linked_ticket(h) -> tuple[dict, dict]:
