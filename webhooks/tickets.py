@@ -14,7 +14,8 @@ from webhooks.http import (BadInput, actor_header, dispatch, error, json_body, l
                            positive_int, sessions, text_field, text_param)
 from worker import connections
 from worker.bitbucket.errors import BitbucketError
-from worker.db.models import Link, Ticket, TicketAttachment, TicketComment, utcnow
+from worker.db.helpdesk import Ticket, TicketAttachment, TicketComment
+from worker.db.models import Link, utcnow
 from worker.engine.events import MAX_ID, SYNCED_FIELDS
 from worker.sync import escalate as escalation
 from worker.sync import reverse, reverse_comments

@@ -13,7 +13,8 @@ from tests.conftest import load_fixture
 from webhooks import create_app
 from webhooks.signatures import sign
 from worker import connections
-from worker.db.models import Delivery, Link, OutgoingChange, Ticket, TicketComment
+from worker.db.helpdesk import Ticket, TicketComment
+from worker.db.models import Delivery, Link, OutgoingChange
 from worker.db.session import get_engine, transaction
 from worker.engine.events import MAX_ID
 

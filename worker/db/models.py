@@ -1,9 +1,9 @@
 """The core tables, and the Base and column types every table uses (the other tables are in
-worker.db.credentials and worker.db.watermarks; worker.db.schema gathers all for Alembic).
+worker.db.credentials, worker.db.watermarks and worker.db.helpdesk; worker.db.schema gathers
+all for Alembic).
 
 - connections, connection_repos, webhook_secrets: who we sync for, and how they prove it is them
 - deliveries: every webhook we acknowledged, stored before the 202
-- tickets, ticket_comments: the built-in helpdesk (the default target)
 - links, comment_links, shadows: which issue is which ticket, and the merge base per field
 - ledger: every decision, append-only
 """
@@ -123,41 +123,6 @@ class Delivery(Base):
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
-class Ticket(Base):
-    """A ticket in the built-in helpdesk."""
-
-    __tablename__ = "tickets"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    title: Mapped[str] = mapped_column(String(255))
-    description: Mapped[str] = mapped_column(Text, default="")
-    status: Mapped[str] = mapped_column(String(32), default="new")
-    priority: Mapped[str] = mapped_column(String(32), default="normal")
-    type: Mapped[str] = mapped_column(String(32), default="problem")
-    assignee: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    reporter: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-
-    comments: Mapped[list[TicketComment]] = relationship(
-        back_populates="ticket", cascade="all, delete-orphan", order_by="TicketComment.id")
-    attachments: Mapped[list[TicketAttachment]] = relationship(
-        cascade="all, delete-orphan", order_by="TicketAttachment.name")
-
-
-class TicketComment(Base):
-    __tablename__ = "ticket_comments"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
-    body: Mapped[str] = mapped_column(Text)
-    internal: Mapped[bool] = mapped_column(Boolean, default=False)
-    author: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-
-    ticket: Mapped[Ticket] = relationship(back_populates="comments")
-
-
 class Link(Base):
     """One Bitbucket issue <-> one target ticket, within a connection."""
 
@@ -236,20 +201,6 @@ class LedgerEntry(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class TicketAttachment(Base):
-    """A file on a helpdesk ticket (kept in the database: the built-in helpdesk is small)."""
-
-    __tablename__ = "ticket_attachments"
-    __table_args__ = (UniqueConstraint("ticket_id", "name", name="uq_ticket_attachment_name"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(255))
-    content_type: Mapped[str] = mapped_column(String(127), default="application/octet-stream")
-    data: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-
-
 class OutgoingChange(Base):
     """The outbox: a local edit waiting to be written to Bitbucket.
 
@@ -296,6 +247,7 @@ class Escalation(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
+    # tickets is in worker.db.helpdesk: named by table, resolved once worker.db.schema is loaded.
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
     repo: Mapped[str] = mapped_column(String(255))
     options: Mapped[dict] = mapped_column(JSON, default=dict)

@@ -1,7 +1,8 @@
-"""The whole schema: the core tables (models) plus the per-credential tables (credentials) and
-the scan progress tables (watermarks). Import this (not models alone) wherever the complete
-metadata matters: Alembic, create_all."""
+"""The whole schema: the core tables (models) plus the per-credential tables (credentials), the
+scan progress tables (watermarks) and the built-in helpdesk's tables (helpdesk). Import this (not
+models alone) wherever the complete metadata matters: Alembic, create_all."""
 from worker.db.credentials import ApiBudget, Credential  # noqa: F401
+from worker.db.helpdesk import Ticket, TicketAttachment, TicketComment  # noqa: F401
 from worker.db.models import Base
 from worker.db.watermarks import BackfillCursor, ReconcileWatermark  # noqa: F401
 

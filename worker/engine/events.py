@@ -21,7 +21,8 @@ SYNCED_FIELDS = ("title", "description", "status", "priority", "type", "assignee
 #: Marks a field the payload did not carry, as distinct from a field it carried as null.
 MISSING = object()
 
-#: The columns (worker.db.models) that an event's text ends up in, in characters; None: no limit.
+#: The columns (worker.db.models, worker.db.helpdesk) that an event's text ends up in, in
+#: characters; None: no limit.
 #: Status, priority and type reach the ticket only through the mapping tables; a value outside
 #: them is kept whole, in the ledger and shadow (text columns).
 LIMITS = {"title": 255, "description": None, "status": None, "priority": None, "type": None,

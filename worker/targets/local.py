@@ -10,7 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config.enums import TARGET
-from worker.db.models import Ticket, TicketAttachment, TicketComment, utcnow
+from worker.db.helpdesk import Ticket, TicketAttachment, TicketComment
+from worker.db.models import utcnow
 from worker.engine.events import SYNCED_FIELDS
 from worker.targets.side import Attachment, Comment, Item, VersionConflict
 

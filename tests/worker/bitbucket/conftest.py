@@ -11,7 +11,7 @@ from simulator.state import SimulatorState
 from worker.bitbucket.auth import ApiTokenAuth
 from worker.bitbucket.client import BitbucketClient
 from worker.bitbucket.credentials import ApiToken, CredentialStore
-from worker.db.models import Base
+from worker.db.schema import metadata
 from worker.db.session import make_engine
 
 from .helpers import API_URL, EMAIL, PUBLIC_URL, TOKEN, FakeClock
@@ -68,7 +68,7 @@ def client(make_client) -> BitbucketClient:
 def sessions(settings_env):
     """A sessionmaker on a fresh SQLite file with every table (ours included) created."""
     engine = make_engine(f"sqlite:///{settings_env / 'bitbucket.db'}")
-    Base.metadata.create_all(engine)
+    metadata.create_all(engine)
     yield sessionmaker(bind=engine, expire_on_commit=False)
     engine.dispose()
 

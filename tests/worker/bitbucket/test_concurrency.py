@@ -18,7 +18,7 @@ from sqlalchemy.orm import sessionmaker
 from worker.bitbucket.budget import BudgetMeter
 from worker.bitbucket.credentials import CredentialStore, OAuthCredential, oauth_credential
 from worker.bitbucket.errors import BudgetExhausted
-from worker.db.models import Base
+from worker.db.schema import metadata
 from worker.db.session import make_engine
 
 from .helpers import CLIENT_ID, CLIENT_SECRET, FakeClock
@@ -56,7 +56,7 @@ def db_sessions(request, settings_env):
         url, drop = _postgres_database()
     engine = make_engine(url)
     try:
-        Base.metadata.create_all(engine)
+        metadata.create_all(engine)
         yield sessionmaker(bind=engine, expire_on_commit=False)
     finally:
         engine.dispose()

@@ -19,7 +19,7 @@ from werkzeug.serving import make_server
 from simulator.app import create_app
 from simulator.state import SimulatorState
 from worker.bitbucket.credentials import CredentialStore, oauth_credential
-from worker.db.models import Base
+from worker.db.schema import metadata
 from worker.db.session import make_engine
 
 from . import procs
@@ -68,7 +68,7 @@ def test_processes_refreshing_at_once_refresh_exactly_once(settings_env, served_
 
     db_url = f"sqlite:///{settings_env / 'shared.db'}"
     engine = make_engine(db_url)
-    Base.metadata.create_all(engine)
+    metadata.create_all(engine)
     store = CredentialStore(sessionmaker(bind=engine, expire_on_commit=False))
     cred_id = store.add(oauth_credential(
         CLIENT_ID, CLIENT_SECRET, token_url=token_url, access_token=first["access_token"],

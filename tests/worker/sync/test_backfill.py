@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import func, select
 
 from worker.bitbucket.errors import ServerError
-from worker.db.models import Base, Connection, ConnectionRepo, Delivery, LedgerEntry, Link, Ticket, TicketComment
+from worker.db.helpdesk import Ticket, TicketComment
+from worker.db.models import Base, Connection, ConnectionRepo, Delivery, LedgerEntry, Link
 from worker.db.session import get_engine, transaction
 from worker.db.watermarks import BackfillCursor, ReconcileWatermark
 from worker.engine.events import parse_time

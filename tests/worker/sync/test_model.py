@@ -32,7 +32,8 @@ from worker.bitbucket.auth import ApiTokenAuth
 from worker.bitbucket.client import BitbucketClient
 from worker.bitbucket.credentials import parse_api_token
 from worker.bitbucket.errors import BitbucketError
-from worker.db.models import CommentLink, Conflict, Delivery, LedgerEntry, Link, TicketComment
+from worker.db.helpdesk import TicketComment
+from worker.db.models import CommentLink, Conflict, Delivery, LedgerEntry, Link
 from worker.db.session import transaction
 from worker.sync import forward, push, reconcile, reverse, reverse_comments
 from tests.worker.sync.conftest import let_claims_lapse

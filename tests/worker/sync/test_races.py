@@ -18,8 +18,8 @@ from worker.bitbucket.client import BitbucketClient
 from worker.bitbucket.credentials import parse_api_token
 from worker.bitbucket.errors import BitbucketError
 from worker import ledger
-from worker.db.models import (CommentLink, Connection, LedgerEntry, Link, OutgoingChange, Shadow, Ticket,
-                              TicketComment, utcnow)
+from worker.db.helpdesk import Ticket, TicketComment
+from worker.db.models import CommentLink, Connection, LedgerEntry, Link, OutgoingChange, Shadow, utcnow
 from worker.db.session import transaction
 from worker.engine.markers import ticket_marker
 from worker.sync import claims, escalate, push, reverse, reverse_comments

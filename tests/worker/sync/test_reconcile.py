@@ -11,8 +11,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from worker import connections
 from worker.bitbucket.errors import ServerError
-from worker.db.models import (Base, CommentLink, Connection, ConnectionRepo, Delivery, LedgerEntry, Link, OutgoingChange, Ticket,
-                              TicketComment)
+from worker.db.helpdesk import Ticket, TicketComment
+from worker.db.models import Base, CommentLink, Connection, ConnectionRepo, Delivery, LedgerEntry, Link, OutgoingChange
 from worker.db.session import get_engine, transaction
 from worker.db.watermarks import BackfillCursor, ReconcileWatermark
 from worker.sync import push
