@@ -431,7 +431,7 @@ def _pending(db_url: str, conn: str) -> tuple[int, int, int]:
             "select count(*) filter (where d.status = 'received'), count(*) from deliveries d "
             "join connections c on c.id = d.connection_id where c.name = %s", (conn,)).fetchone()
         outbox = c.execute(
-            "select count(*) from outgoing_changes o join connections c on c.id = o.connection_id "
+            "select count(*) from outbox o join connections c on c.id = o.connection_id "
             "where c.name = %s and o.state in ('pending', 'sending')", (conn,)).fetchone()[0]
     return received, outbox, total
 
@@ -488,12 +488,12 @@ def _db_facts(db_url: str, conn: str) -> dict:
                 f"select count(distinct (x.link_id, x.bitbucket_at)) from ledger x {join} "
                 "and x.direction = 'reverse' and x.outcome = 'applied' "
                 "and coalesce(x.field, '') <> 'comment'")[0][0],
-            "outbox": rows(f"select x.kind, x.state, count(*) from outgoing_changes x {join} "
+            "outbox": rows(f"select x.kind, x.state, count(*) from outbox x {join} "
                            "group by 1, 2 order by 1, 2"),
             "metered": c.execute("select coalesce(sum(count), 0) from api_budget").fetchone()[0],
             "open_conflicts": rows(f"select count(*) from conflicts x {join} and x.state = 'open'")[0][0],
             "stuck": rows(f"select x.id, l.bitbucket_issue_id, x.fields, x.state, x.attempts "
-                          f"from outgoing_changes x join links l on l.id = x.link_id {join} "
+                          f"from outbox x join links l on l.id = x.link_id {join} "
                           "and x.state in ('pending', 'sending') order by x.id"),
             # Forward conflicts Bitbucket won after our write had replaced its edit: the value
             # goes back to Bitbucket through a new outbox row.

@@ -61,6 +61,22 @@ class Demo:
             time.sleep(0.2)
         raise TimeoutError("the worker did not catch up")
 
+    def escalated(self, ticket_id: int, timeout: float = 45.0) -> int:
+        """The issue id, once the worker has escalated the ticket (the API answers at once and
+        queues the escalation; the ticket shows where it stands)."""
+        deadline = time.monotonic() + timeout
+        escalation = None
+        while time.monotonic() < deadline:
+            ticket = self.helpdesk("GET", f"/tickets/{ticket_id}")
+            escalation = ticket.get("escalation") or {}
+            if escalation.get("state") == "failed":
+                raise RuntimeError(f"the escalation of ticket {ticket_id} failed: {escalation.get('error')}")
+            if escalation.get("state") == "done" and ticket["bitbucket"]:
+                return ticket["bitbucket"]["issue_id"]
+            time.sleep(0.2)
+        raise TimeoutError(f"ticket {ticket_id} was not escalated within {timeout:.0f} s "
+                           f"(last state: {escalation}); is the worker running?")
+
     def setup(self, hook_secret: str) -> None:
         self.stack.run("connection", "add", CONNECTION, "--repo", REPO, "--webhook-secret", hook_secret,
                        "--api-url", f"{self.sim}/2.0", "--api-token", SYNC_TOKEN)
@@ -80,10 +96,10 @@ class Demo:
                      files={"files": ("safari-console.txt", b"Refused to frame https://pay.example/\n",
                                       "text/plain")}).raise_for_status()
         _say(f"1. agent: ticket #{ticket['id']} from jane@customer.example, with safari-console.txt")
-        esc = self.helpdesk("POST", f"/tickets/{ticket['id']}/escalate",
-                            json={"repo": REPO, "attachments": ["safari-console.txt"]})
-        issue_id = esc["issue_id"]
-        _say(f"2. agent escalates it: Bitbucket issue {REPO}#{issue_id} (attachment uploaded)")
+        self.helpdesk("POST", f"/tickets/{ticket['id']}/escalate",
+                      json={"repo": REPO, "attachments": ["safari-console.txt"]})  # 202: queued
+        issue_id = self.escalated(ticket["id"])
+        _say(f"2. agent escalates it: the worker creates Bitbucket issue {REPO}#{issue_id} (attachment uploaded)")
         self.quiet()
 
         self.bitbucket("POST", f"/issues/{issue_id}/comments",

@@ -5,13 +5,13 @@ and return JSON-ready dicts (the API's bodies) and raise `ApiError` for what Bit
 with an error envelope. Everything runs under `self.lock`, so the threaded server can call in
 from many threads, and a payload is always a consistent snapshot.
 
-The operations live in two mixins beside this file: issues.py (issues, changes, comments,
-attachments) and hooks.py (webhook subscriptions); this module holds the store, users,
-repositories, event firing and the test-facing records.
+The operations live in mixins beside this file: issues.py (issues, changes, comments,
+attachments), hooks.py (webhook subscriptions) and users.py (accounts and the principals behind
+credentials); this module holds the store, repositories, event firing and the test-facing
+records.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import threading
@@ -28,12 +28,9 @@ from .faults import FaultQueue
 from .hooks import HookOperations
 from .issues import IssueOperations
 from .models import FIRST_CHANGE_ID, FIRST_COMMENT_ID, ApiError, Repository, User
-from .oauth import ACCESS_PREFIX, TokenStore
+from .oauth import TokenStore
 from .ratelimit import RateLimiter
-
-# Names are derived into stable UUIDs within this namespace, so the same credential is the
-# same user in every run (and in every test).
-_NAMESPACE = uuid.UUID("6f1b7a4e-3c55-4b8e-9a0e-2d7c1f0b5e11")
+from .users import UserOperations, derived_account_id, stable_uuid
 
 # Bitbucket removed Cloud issues (and their API) on this date; the 410 says so.
 TRACKER_REMOVED_DETAIL = ("Bitbucket Cloud issues and wikis were removed on 2026-08-20. "
@@ -55,16 +52,7 @@ class FiredEvent:
     payload: dict
 
 
-def _stable_uuid(kind: str, name: str) -> str:
-    return "{" + str(uuid.uuid5(_NAMESPACE, f"{kind}:{name}")) + "}"
-
-
-def _account_id(kind: str, name: str) -> str:
-    # Shaped like a modern Atlassian account id ("712020:" + a UUID).
-    return "712020:" + str(uuid.uuid5(_NAMESPACE, f"account:{kind}:{name}"))
-
-
-class SimulatorState(IssueOperations, HookOperations):
+class SimulatorState(IssueOperations, HookOperations, UserOperations):
     def __init__(self, public_url: str = "http://localhost", deliver_webhooks: bool = True,
                  transport: httpx2.BaseTransport | None = None) -> None:
         self.public_url = public_url.rstrip("/")
@@ -143,88 +131,6 @@ class SimulatorState(IssueOperations, HookOperations):
         self._last_now = now
         return now
 
-    # -- users -----------------------------------------------------------------------------
-
-    def ensure_user(self, display_name: str, nickname: str | None = None,
-                    user_uuid: str | None = None, account_id: str | None = None) -> dict:
-        """Add (or find) a user, e.g. a human to assign issues to; returns its payload."""
-        with self.lock:
-            return payloads.user(self._user(display_name, nickname, user_uuid, account_id),
-                                 self.public_url)
-
-    def _user(self, display_name: str, nickname: str | None = None, uuid_: str | None = None,
-              account_id: str | None = None) -> User:
-        key = uuid_ or _stable_uuid("user", display_name)
-        key = key if key.startswith("{") else "{" + key + "}"
-        found = self._users.get(key)
-        if found is None:
-            found = User(uuid=key, display_name=display_name,
-                         nickname=nickname or display_name.split("@")[0],
-                         account_id=account_id or _account_id("user", key))
-            self._users[key] = found
-        return found
-
-    def principal_for_basic(self, username: str) -> User:
-        """The user behind Basic credentials (an Atlassian account email and an API token)."""
-        with self.lock:
-            return self._user(username, uuid_=_stable_uuid("basic", username),
-                              account_id=_account_id("basic", username))
-
-    def principal_for_bearer(self, token: str) -> User:
-        """The user behind a bearer token; raises 401 for our own expired or unknown tokens."""
-        if token.startswith(ACCESS_PREFIX):
-            client_id, expired = self.tokens.client_for(token)
-            if client_id is None:
-                raise ApiError(401, "Access token is invalid.")
-            if expired:
-                raise ApiError(401, "Access token expired. Use your refresh token to obtain "
-                                    "a new access token.")
-            name = f"OAuth consumer {client_id}"
-            kind = "consumer:" + client_id
-        else:
-            # A token the simulator did not issue (an API or access token set up by hand):
-            # accepted, as a user of its own.
-            digest = hashlib.sha256(token.encode()).hexdigest()[:12]
-            name, kind = f"Token user {digest}", "token:" + digest
-        with self.lock:
-            return self._user(name, nickname=name.replace(" ", "-").lower(),
-                              uuid_=_stable_uuid("bearer", kind),
-                              account_id=_account_id("bearer", kind))
-
-    def user_payload(self, user: User) -> dict:
-        with self.lock:
-            return payloads.user(user, self.public_url)
-
-    def find_user(self, reference: str) -> dict:
-        """GET /2.0/users/{uuid or account_id}."""
-        with self.lock:
-            return payloads.user(self._find_user({"uuid": reference, "account_id": reference},
-                                                 create=False), self.public_url)
-
-    def _find_user(self, spec: dict, create: bool = True) -> User:
-        """A user referenced by uuid, account_id or username/nickname; created if unknown."""
-        wanted_uuid = spec.get("uuid")
-        if wanted_uuid:
-            braced = wanted_uuid if wanted_uuid.startswith("{") else "{" + wanted_uuid + "}"
-            if braced in self._users:
-                return self._users[braced]
-        for user in self._users.values():
-            if spec.get("account_id") and user.account_id == spec["account_id"]:
-                return user
-            name = spec.get("username") or spec.get("nickname")
-            if name and user.nickname == name:
-                return user
-        if not create:
-            raise ApiError(404, "User not found.")
-        if wanted_uuid:
-            return self._user(f"User {wanted_uuid.strip('{}')[:8]}", uuid_=wanted_uuid)
-        if spec.get("account_id"):
-            account = spec["account_id"]
-            return self._user(f"User {account[-8:]}", uuid_=_stable_uuid("account", account),
-                              account_id=account)
-        name = spec.get("username") or spec.get("nickname")
-        return self._user(name, nickname=name, uuid_=_stable_uuid("nickname", name))
-
     # -- repositories ----------------------------------------------------------------------
 
     def create_repository(self, workspace: str, slug: str, has_issues: bool = True,
@@ -237,10 +143,10 @@ class SimulatorState(IssueOperations, HookOperations):
                 raise ApiError(400, "Repository with this Slug and Owner already exists.")
             now = self._now()
             # The workspace is the owner; it is not a user one could assign issues to.
-            owner = User(uuid=_stable_uuid("workspace", workspace), display_name=workspace,
-                         nickname=workspace, account_id=_account_id("workspace", workspace))
+            owner = User(uuid=stable_uuid("workspace", workspace), display_name=workspace,
+                         nickname=workspace, account_id=derived_account_id("workspace", workspace))
             repo = Repository(workspace=workspace, slug=slug,
-                              uuid=_stable_uuid("repository", full_name), owner=owner,
+                              uuid=stable_uuid("repository", full_name), owner=owner,
                               created_on=now, updated_on=now, has_issues=has_issues,
                               is_private=is_private, description=description)
             self._repos[full_name] = repo

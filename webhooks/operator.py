@@ -9,13 +9,13 @@ from webhooks.http import (BadInput, actor_header, dispatch, error, json_body, l
 from worker import connections, ledger
 from worker.db.models import Delivery
 from worker.engine.events import MAX_ID
-from worker.engine.states import DeliveryStatus
+from worker.engine.states import ConflictState, DeliveryStatus
 from worker.sync import conflicts
 
 bp = Blueprint("operator", __name__, url_prefix="/api")
 
 DELIVERY_STATUSES = tuple(DeliveryStatus)
-CONFLICT_STATES = ("open", "resolved")
+CONFLICT_STATES = tuple(ConflictState)
 
 
 @bp.errorhandler(BadInput)
@@ -89,15 +89,21 @@ def act_on_delivery(delivery_id: str, action: str):
 
 @bp.get("/outbox")
 def outbox_counts():
-    """Local edits waiting for, or done being, written to Bitbucket: counts by state."""
-    from worker.db.models import OutgoingChange
+    """Writes waiting for, or done being, made to each side: counts by state (`counts`, all
+    sides) and by side and state (`sides`: `bitbucket`, and `target` for a remote target)."""
+    from worker.db.models import OutboxEntry
     with sessions()() as session:
         conn, name = _connection(session)
         if conn is None:
             return error(404, f"unknown connection {name!r}")
-        counts = dict(session.execute(select(OutgoingChange.state, func.count()).where(
-            OutgoingChange.connection_id == conn.id).group_by(OutgoingChange.state)).all())
-        return jsonify({"counts": counts})
+        rows = session.execute(select(OutboxEntry.side, OutboxEntry.state, func.count()).where(
+            OutboxEntry.connection_id == conn.id).group_by(OutboxEntry.side, OutboxEntry.state)).all()
+        counts: dict[str, int] = {}
+        sides: dict[str, dict[str, int]] = {}
+        for side, state, count in rows:
+            counts[state] = counts.get(state, 0) + count
+            sides.setdefault(side, {})[state] = count
+        return jsonify({"counts": counts, "sides": sides})
 
 
 @bp.get("/conflicts")

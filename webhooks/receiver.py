@@ -18,6 +18,7 @@ from webhooks import signatures
 from worker import ledger
 from worker.db.models import utcnow
 from worker.engine.events import ISSUE_EVENTS, issue_key, quick_check
+from worker.engine.states import Direction, Outcome
 from worker.sync.deliveries import insert_rows
 
 log = logging.getLogger("bbsync.webhooks")
@@ -142,7 +143,7 @@ def _store(ext, environ: dict, connection_id: int, request_uuid: str, event_key:
     with ext.engine.begin() as conn:
         (delivery_id, fresh), = insert_rows(conn, [row])
         if fresh:
-            ledger.record(conn, connection_id=connection_id, direction="forward", outcome="ignored",
+            ledger.record(conn, connection_id=connection_id, direction=Direction.FORWARD, outcome=Outcome.IGNORED,
                           delivery_id=delivery_id, detail=f"event {event_key} is not synced by this product")
     return delivery_id, fresh
 

@@ -1,7 +1,8 @@
 """The built-in helpdesk's REST API: tickets, comments, attachments, escalation.
 
-Every edit is recorded with its outgoing change (the outbox) in one transaction; the push to
-Bitbucket is queued after the commit.
+Every edit is recorded with its outbox row in one transaction; the push to
+Bitbucket is queued after the commit. An escalation likewise: the request is checked and
+recorded, and a worker creates the issue. No request here ever calls Bitbucket.
 """
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ from config.enums import TARGET
 from webhooks.http import (BadInput, actor_header, dispatch, error, json_body, limit_param,
                            positive_int, sessions, text_field, text_param)
 from worker import connections
-from worker.bitbucket.errors import BitbucketError
 from worker.db.helpdesk import Ticket, TicketAttachment, TicketComment
-from worker.db.models import Link, utcnow
+from worker.db.models import Escalation, Link, utcnow
 from worker.engine.events import MAX_ID, SYNCED_FIELDS
-from worker.sync import escalate as escalation
+from worker.sync import escalation_request as escalation
 from worker.sync import reverse, reverse_comments
 from worker.targets.local import LocalHelpdesk
 
@@ -28,6 +28,7 @@ MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
 
 
 def ticket_json(ticket: Ticket, link: Link | None) -> dict:
+    """A ticket, with its Bitbucket link (null until it has one)."""
     return {
         "id": ticket.id, "title": ticket.title, "description": ticket.description,
         "status": ticket.status, "priority": ticket.priority, "type": ticket.type,
@@ -105,13 +106,21 @@ def _load(session, ticket_id: int) -> tuple[Ticket | None, Link | None]:
     return ticket, link
 
 
+def escalation_json(esc: Escalation | None) -> dict | None:
+    """Where the ticket's escalation stands: `creating` (queued or running; `error` is the last
+    attempt's, which a retry will follow), `done` (the link is under `bitbucket`) or `failed`
+    (`error` says why; escalating again resumes it)."""
+    return None if esc is None else {"id": esc.id, "state": esc.state, "repo": esc.repo, "error": esc.error}
+
+
 @bp.get(f"/<int(max={MAX_ID}):ticket_id>")
 def get_ticket(ticket_id: int):
     with sessions()() as session:
         ticket, link = _load(session, ticket_id)
         if ticket is None:
             return error(404, f"ticket {ticket_id} does not exist")
-        return jsonify(ticket_json(ticket, link))
+        return jsonify({**ticket_json(ticket, link),
+                        "escalation": escalation_json(escalation.for_ticket(session, ticket_id))})
 
 
 @bp.post("")
@@ -218,6 +227,9 @@ def _quote(name: str) -> str:
 
 @bp.post(f"/<int(max={MAX_ID}):ticket_id>/escalate")
 def escalate(ticket_id: int):
+    """Ask for the ticket to become a Bitbucket issue. `202` with the escalation (a worker
+    creates the issue; `GET /api/tickets/ID` shows its state, then the link); `200` with the
+    link when the ticket is already escalated. Nothing is recorded for a request refused."""
     body = json_body()
     repo = text_field(body, "repo", required=True, max_len=201)
     attachments = body.get("attachments", [])
@@ -232,14 +244,17 @@ def escalate(ticket_id: int):
         attachments=tuple(dict.fromkeys(attachments)),
         actor=actor_header())
     try:
-        result = escalation.escalate(req)
+        with sessions().begin() as session:
+            outcome = escalation.request_escalation(session, req)
     except LookupError as exc:
         return error(404, str(exc))
     except escalation.EscalationError as exc:
         return error(400, str(exc))
-    except TimeoutError as exc:
-        return error(409, str(exc))
-    except BitbucketError as exc:
-        return error(502, f"Bitbucket: {exc.__class__.__name__}: {exc}; retry to resume")
-    return jsonify({"connection": result.connection, "repo": result.repo, "issue_id": result.issue_id,
-                    "url": result.url, "created": result.created}), 201 if result.created else 200
+    if isinstance(outcome, escalation.Result):
+        return jsonify({"connection": outcome.connection, "repo": outcome.repo, "issue_id": outcome.issue_id,
+                        "url": outcome.url, "created": outcome.created}), 200
+    dispatch("escalate", outcome.escalation_id)  # after the commit: the task must find its row
+    location = f"/api/tickets/{ticket_id}"
+    return jsonify({"escalation": {"id": outcome.escalation_id, "state": outcome.state,
+                                   "connection": outcome.connection, "repo": outcome.repo},
+                    "ticket": location}), 202, {"Location": location}

@@ -57,7 +57,7 @@ def explain(e: LedgerEntry) -> str:
     arrow = "Bitbucket -> helpdesk" if e.direction == "forward" else "helpdesk -> Bitbucket"
     if not e.field:
         what = ""
-    elif e.outcome == "echo":
+    elif e.outcome == Outcome.ECHO:
         what = f"{e.field} {e.bitbucket_value!r}" if e.field != "comment" else "comment"
     elif e.field == "comment":
         what = f"comment {e.new_value!r}" if e.new_value else "comment"
@@ -65,15 +65,15 @@ def explain(e: LedgerEntry) -> str:
         # Nothing moved (a stale value, say): name the value that was seen, not "None -> None".
         seen = e.bitbucket_value if e.direction == "forward" else e.target_value
         what = f"{e.field} {seen!r}" if seen is not None else e.field
-    elif e.old_value is None and e.outcome == "applied":
+    elif e.old_value is None and e.outcome == Outcome.APPLIED:
         what = f"{e.field} = {e.new_value!r}"
     else:
         what = f"{e.field}: {e.old_value!r} -> {e.new_value!r}"
-    if e.outcome == "conflict":
+    if e.outcome == Outcome.CONFLICT:
         who = e.winner or "nobody yet (open)"
         what = (f"{e.field}: base {e.base_value!r}, Bitbucket {e.bitbucket_value!r}, helpdesk "
                 f"{e.target_value!r}; policy {e.policy}, winner {who}")
-    elif e.outcome == "unmapped":
+    elif e.outcome == Outcome.UNMAPPED:
         what = f"{e.field}: {e.bitbucket_value!r} has no mapping"
     when = e.created_at or utcnow()  # not yet flushed: it is happening now
     parts = [when.strftime("%Y-%m-%d %H:%M:%S"), f"{e.outcome:<8}", arrow]

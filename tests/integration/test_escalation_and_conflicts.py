@@ -1,12 +1,14 @@
-"""Escalating a ticket into Bitbucket, and conflicts decided by policy or left for a person."""
+"""Escalating a ticket into Bitbucket (asked through the API, made by the running worker), and
+conflicts decided by policy or left for a person."""
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
 import pytest
 
-from tests.integration.two_way import TwoWay
+from tests.integration.two_way import TwoWay, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +37,29 @@ def _attach(tw: TwoWay, ticket_id: int, name: str, data: bytes) -> None:
 
 def _escalate(tw: TwoWay, ticket_id: int, **body) -> httpx2.Response:
     return httpx2.post(f"{tw.running.web_url}/api/tickets/{ticket_id}/escalate",
-                       json={"repo": tw.repo, **body}, timeout=60)
+                       json={"repo": tw.repo, **body}, timeout=15)
+
+
+def _queued(tw: TwoWay, ticket_id: int, **body) -> dict:
+    """Ask for the escalation: answered at once (202), before any Bitbucket call."""
+    r = _escalate(tw, ticket_id, **body)
+    assert r.status_code == 202, r.text
+    assert r.headers["Location"] == f"/api/tickets/{ticket_id}" == r.json()["ticket"]
+    return r.json()["escalation"]
+
+
+def _escalated(tw: TwoWay, ticket_id: int, timeout: float = 60.0) -> dict:
+    """The ticket once the worker has escalated it (GET /api/tickets/ID, polled)."""
+    def done():
+        ticket = tw.ticket(ticket_id)
+        escalation = ticket["escalation"] or {}
+        assert escalation.get("state") != "failed", escalation
+        return ticket if escalation.get("state") == "done" and ticket["bitbucket"] else None
+    return wait_for(done, timeout, f"the escalation of ticket {ticket_id}")
+
+
+def _escalations(tw: TwoWay, ticket_id: int) -> int:
+    return tw.running.scalar("select count(*) from escalations where ticket_id = :t", t=ticket_id)
 
 
 def test_escalation_creates_one_issue_with_context_and_attachments(tw):
@@ -43,9 +67,11 @@ def test_escalation_creates_one_issue_with_context_and_attachments(tw):
     _attach(tw, ticket["id"], "har.txt", b"GET /checkout 500\n")
     httpx2.post(f"{tw.running.web_url}/api/tickets/{ticket['id']}/comments",
                 json={"body": "Happens on Safari and Chrome.", "author": "Ana"})
-    r = _escalate(tw, ticket["id"], include_comments=True, attachments=["har.txt"])
-    assert r.status_code == 201, r.text
-    issue = tw.issue(r.json()["issue_id"])
+    escalation = _queued(tw, ticket["id"], include_comments=True, attachments=["har.txt"])
+    assert (escalation["state"], escalation["connection"], escalation["repo"]) == ("creating", tw.conn, tw.repo)
+    linked = _escalated(tw, ticket["id"])  # the worker picked it up
+    assert linked["escalation"]["id"] == escalation["id"] and linked["escalation"]["error"] is None
+    issue = tw.issue(linked["bitbucket"]["issue_id"])
     assert issue["title"] == ticket["title"]
     assert (issue["kind"], issue["priority"]) == ("bug", "blocker")  # incident -> bug, urgent -> blocker
     raw = issue["content"]["raw"]
@@ -55,7 +81,9 @@ def test_escalation_creates_one_issue_with_context_and_attachments(tw):
     assert names == ["har.txt"]
 
     again = _escalate(tw, ticket["id"])
-    assert again.status_code == 200 and again.json()["issue_id"] == issue["id"]
+    assert again.status_code == 200 and again.json() == {
+        "connection": tw.conn, "repo": tw.repo, "issue_id": issue["id"],
+        "url": linked["bitbucket"]["url"], "created": False}
     tw.settle()
     assert len(tw.api("GET", "/issues")["values"]) == 1
     linked = tw.ticket(ticket["id"])
@@ -65,41 +93,77 @@ def test_escalation_creates_one_issue_with_context_and_attachments(tw):
 
 
 def test_concurrent_escalations_of_one_ticket_yield_one_issue(tw):
+    # Four requests through the API (one row, queued for the worker) race two `bbsync
+    # escalate` runs, which escalate in their own processes: all against the worker's claim.
     ticket = _new_ticket(tw, title="Concurrent")
-    with ThreadPoolExecutor(4) as pool:
+
+    def cli():
+        return tw.running.stack.run("escalate", str(ticket["id"]), "--repo", tw.repo).stdout
+
+    with ThreadPoolExecutor(6) as pool:
+        commands = [pool.submit(cli) for _ in range(2)]
         results = list(pool.map(lambda _: _escalate(tw, ticket["id"]), range(4)))
-    assert {r.status_code for r in results} <= {200, 201}
-    assert len({r.json()["issue_id"] for r in results}) == 1
+        printed = [c.result() for c in commands]
+    assert {r.status_code for r in results} <= {200, 202}, [r.text for r in results]
+    assert len({r.json()["escalation"]["id"] for r in results if r.status_code == 202}) <= 1
+    issue_id = _escalated(tw, ticket["id"])["bitbucket"]["issue_id"]
+    assert {r.json()["issue_id"] for r in results if r.status_code == 200} <= {issue_id}
+    assert [re.search(rf"escalated: {tw.repo}#(\d+)", out).group(1) for out in printed] == [str(issue_id)] * 2
     assert len(tw.api("GET", "/issues")["values"]) == 1
+    assert _escalations(tw, ticket["id"]) == 1
 
 
-def test_escalation_retried_after_a_failure_mid_upload_finishes_without_a_second_issue(tw):
+def test_escalation_failing_mid_upload_is_retried_by_the_worker_without_a_second_issue(tw):
     ticket = _new_ticket(tw, title="Upload breaks")
     _attach(tw, ticket["id"], "a.log", b"first")
     _attach(tw, ticket["id"], "b.log", b"second")
-    tw.state.faults.add(status=500, times=10, method="POST", path=r"/attachments$")
-    failed = _escalate(tw, ticket["id"], attachments=["a.log", "b.log"])
-    assert failed.status_code == 502 and "retry" in failed.json()["error"]
+    tw.state.faults.add(status=500, times=1000, method="POST", path=r"/attachments$")
+    _queued(tw, ticket["id"], attachments=["a.log", "b.log"])
+
+    def failing():
+        escalation = tw.ticket(ticket["id"])["escalation"]
+        return escalation if (escalation["error"] or "").startswith("ServerError: ") else None
+    escalation = wait_for(failing, 60, "the upload's error shown on the ticket")
+    assert escalation["state"] == "creating"  # the task retries it
     assert len(tw.api("GET", "/issues")["values"]) == 1  # the issue exists, half done
     tw.state.faults.clear()
-    done = _escalate(tw, ticket["id"], attachments=["a.log", "b.log"])
-    assert done.status_code == 201, done.text
+    linked = _escalated(tw, ticket["id"])
+    assert linked["escalation"]["error"] is None
     assert len(tw.api("GET", "/issues")["values"]) == 1
-    names = sorted(a["name"] for a in tw.api("GET", f"/issues/{done.json()['issue_id']}/attachments")["values"])
+    attachments = tw.api("GET", f"/issues/{linked['bitbucket']['issue_id']}/attachments")["values"]
+    names = sorted(a["name"] for a in attachments)
     assert names == ["a.log", "b.log"]
+
+
+def test_an_escalation_asked_for_while_no_worker_runs_is_made_when_one_starts(tw):
+    ticket = _new_ticket(tw, title="No worker")
+    stack = tw.running.stack
+    stack.stop("worker")
+    try:
+        _queued(tw, ticket["id"])
+        assert tw.api("GET", "/issues")["values"] == []
+        assert tw.ticket(ticket["id"])["escalation"]["state"] == "creating"
+    finally:
+        stack.start_worker()
+    linked = _escalated(tw, ticket["id"])
+    assert [i["id"] for i in tw.api("GET", "/issues")["values"]] == [linked["bitbucket"]["issue_id"]]
 
 
 def test_escalation_rejects_bad_input(tw):
     ticket = _new_ticket(tw, title="Bad input")
     web = tw.running.web_url
+    calls = len(tw.reads() + tw.writes())
     assert httpx2.post(f"{web}/api/tickets/{ticket['id']}/escalate", json={}).status_code == 400
     assert httpx2.post(f"{web}/api/tickets/{ticket['id']}/escalate", content=b"nope").status_code == 400
     assert _escalate(tw, ticket["id"], kind="epic").status_code == 400
     assert _escalate(tw, ticket["id"], attachments=["missing.txt"]).status_code == 400
     assert httpx2.post(f"{web}/api/tickets/{ticket['id']}/escalate",
                        json={"repo": "nobody/syncs-this"}).status_code == 400
+    assert httpx2.post(f"{web}/api/tickets/{ticket['id']}/escalate",
+                       json={"repo": "x/" + "y" * 300}).status_code == 400
     assert httpx2.post(f"{web}/api/tickets/99999999/escalate", json={"repo": tw.repo}).status_code == 404
-    assert len(tw.api("GET", "/issues")["values"]) == 0
+    assert _escalations(tw, ticket["id"]) == 0 and tw.ticket(ticket["id"])["escalation"] is None
+    assert len(tw.reads() + tw.writes()) == calls and len(tw.api("GET", "/issues")["values"]) == 0
 
 
 def test_both_sides_change_priority_latest_wins_and_the_ledger_shows_it(tw):

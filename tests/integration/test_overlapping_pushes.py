@@ -101,7 +101,7 @@ def test_overlapping_pushes_on_two_workers_post_every_reply_once_and_in_order(ru
                and e["outcome"] == "applied"]
     assert len(applied) == TICKETS * ROUNDS, "one ledger line per reply posted"
     assert running.scalar(
-        "select count(*) from outgoing_changes o join connections c on c.id = o.connection_id "
+        "select count(*) from outbox o join connections c on c.id = o.connection_id "
         "where c.name = :n and (o.state <> 'sent' or o.claimed_until is not null)", n=tw.conn) == 0
     # Both workers took part.
     for name in ("worker", second_worker):

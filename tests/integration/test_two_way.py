@@ -143,7 +143,7 @@ def test_tracker_removed_stops_retrying_and_keeps_the_data(tw):
     # Later edits are not sent at all.
     tw.patch(ticket["id"], priority="low")
     wait_for(lambda: tw.running.scalar(
-        "select count(*) from outgoing_changes o join connections c on c.id = o.connection_id "
+        "select count(*) from outbox o join connections c on c.id = o.connection_id "
         "where c.name = :n and o.state = 'failed'", n=tw.conn) >= 2, what="second edit parked")
     assert len([r for r in tw.state.request_log if f"{tw.repo}/issues/{issue['id']}/changes" in r.path]) == 1
 

@@ -89,7 +89,7 @@ class TwoWay:
                     and not self.running.get("/api/deliveries", connection=self.conn)
                     .json()["counts"].get("received")
                     and self.running.scalar(
-                        "select count(*) from outgoing_changes o join connections c on c.id = "
+                        "select count(*) from outbox o join connections c on c.id = "
                         "o.connection_id where c.name = :n and o.state in ('pending', 'sending')",
                         n=self.conn) == 0)
             quiet = quiet + 1 if idle else 0

@@ -14,7 +14,7 @@ from webhooks import create_app
 from webhooks.signatures import sign
 from worker import connections
 from worker.db.helpdesk import Ticket, TicketComment
-from worker.db.models import Delivery, Link, OutgoingChange
+from worker.db.models import Delivery, Link, OutboxEntry
 from worker.db.session import get_engine, transaction
 from worker.engine.events import MAX_ID
 
@@ -156,7 +156,7 @@ def test_the_x_actor_header_is_stored_whatever_its_bytes(client, header, stored)
     r = client.patch(f"/api/tickets/{ticket['id']}", json={"title": "new"}, headers={"X-Actor": header})
     assert r.status_code == 200, r.get_data(as_text=True)
     with transaction() as session:
-        assert session.scalars(select(OutgoingChange.actor)).all() == [stored]
+        assert session.scalars(select(OutboxEntry.actor)).all() == [stored]
 
 
 def test_a_query_parameter_with_nul_is_400(client):

@@ -25,7 +25,7 @@ import httpx2
 
 from . import urls
 from .budget import BudgetMeter
-from .errors import BitbucketError, Unavailable, error_class
+from .errors import BitbucketError, Unavailable, error_from
 from .retry import Backoff, retry_after, retryable_status, retryable_transport_error
 
 log = logging.getLogger("bbsync.bitbucket")
@@ -33,7 +33,6 @@ log = logging.getLogger("bbsync.bitbucket")
 DEFAULT_TIMEOUT = httpx2.Timeout(10, connect=5)
 DEFAULT_PAGELEN = 100            # Bitbucket's maximum for issues, comments and attachments
 USER_AGENT = "bbsync/0.1"
-_MAX_MESSAGE_CHARS = 300
 
 
 class BitbucketClient:
@@ -263,7 +262,7 @@ class BitbucketClient:
             else:
                 if response.status_code < 400:
                     return response
-                error = _error_from(response, method, shown)
+                error = error_from(response, method, shown)
                 retryable = retryable_status(response.status_code, method, retry_unsafe)
                 wait = retry_after(response)
                 error.retry_after = wait
@@ -280,28 +279,3 @@ class BitbucketClient:
             log.info("bitbucket.retry method=%s path=%s status=%s attempt=%d delay=%.2f",
                      method, shown, status_shown, attempt + 1, wait)
             self._sleep(wait)
-
-
-def _error_from(response: httpx2.Response, method: str, path: str) -> BitbucketError:
-    """The typed error for an error response, with Bitbucket's error envelope read:
-    {"type": "error", "error": {"message", "detail", "fields"}}."""
-    status = response.status_code
-    message = detail = None
-    fields: dict[str, Any] | None = None
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        envelope = body["error"]
-        message = envelope.get("message")
-        detail = envelope.get("detail")
-        fields = envelope.get("fields") if isinstance(envelope.get("fields"), dict) else None
-    elif not isinstance(body, (dict, list)):
-        text = response.text.strip()
-        message = text[:_MAX_MESSAGE_CHARS] if text else None
-    if not message:
-        message = f"HTTP {status} {response.reason_phrase}".strip()
-    return error_class(status)(str(message), status=status,
-                               detail=str(detail) if detail else None,
-                               fields=fields, method=method, path=path)

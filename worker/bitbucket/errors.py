@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx2
+
 
 class BitbucketError(Exception):
     """Any failure talking to Bitbucket. `status` is the HTTP status, or None when no
@@ -106,3 +108,31 @@ def error_class(status: int) -> type[BitbucketError]:
     if status >= 500:
         return ServerError
     return _BY_STATUS.get(status, BitbucketError)
+
+
+_MAX_MESSAGE_CHARS = 300
+
+
+def error_from(response: httpx2.Response, method: str, path: str) -> BitbucketError:
+    """The typed error for an error response, with Bitbucket's error envelope read:
+    {"type": "error", "error": {"message", "detail", "fields"}}."""
+    status = response.status_code
+    message = detail = None
+    fields: dict[str, Any] | None = None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        envelope = body["error"]
+        message = envelope.get("message")
+        detail = envelope.get("detail")
+        fields = envelope.get("fields") if isinstance(envelope.get("fields"), dict) else None
+    elif not isinstance(body, (dict, list)):
+        text = response.text.strip()
+        message = text[:_MAX_MESSAGE_CHARS] if text else None
+    if not message:
+        message = f"HTTP {status} {response.reason_phrase}".strip()
+    return error_class(status)(str(message), status=status,
+                               detail=str(detail) if detail else None,
+                               fields=fields, method=method, path=path)

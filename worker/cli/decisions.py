@@ -7,6 +7,7 @@ import os
 import click
 
 from worker.cli.base import fail, main
+from worker.engine.states import ConflictState
 
 
 @main.command("ledger")
@@ -32,7 +33,8 @@ def conflicts() -> None:
 
 @conflicts.command("list")
 @click.argument("name")
-@click.option("--state", type=click.Choice(["open", "resolved"]), default="open", show_default=True)
+@click.option("--state", type=click.Choice([s.value for s in ConflictState]), default=ConflictState.OPEN.value,
+              show_default=True)
 def conflicts_list(name: str, state: str) -> None:
     from worker import connections
     from worker.db.session import transaction

@@ -16,14 +16,17 @@ from worker.cli.base import fail, main
 @click.option("--include-comments", is_flag=True)
 @click.option("--attachment", "attachments", multiple=True, help="Attachment name (repeatable).")
 def escalate(ticket_id, repo, connection_name, kind, include_comments, attachments) -> None:
-    """Escalate helpdesk ticket TICKET_ID into a Bitbucket issue (idempotent)."""
+    """Escalate helpdesk ticket TICKET_ID into a Bitbucket issue (idempotent).
+
+    Runs here, not on a worker: this waits for the issue (or, while a worker is creating it,
+    for that worker's result)."""
     from worker.bitbucket.errors import BitbucketError
     from worker.sync import escalate as escalation
     req = escalation.Request(ticket_id=ticket_id, repo=repo, connection=connection_name, kind=kind,
                              include_comments=include_comments, attachments=tuple(attachments),
                              actor=os.environ.get("USER"))
     try:
-        result = escalation.escalate(req)
+        result = escalation.escalate_in_process(req)
     except (LookupError, escalation.EscalationError, TimeoutError) as exc:
         fail(str(exc))
     except BitbucketError as exc:

@@ -137,7 +137,8 @@ class Link(Base):
     bitbucket_repo: Mapped[str] = mapped_column(String(255))
     bitbucket_issue_id: Mapped[int] = mapped_column(Integer)
     bitbucket_url: Mapped[str | None] = mapped_column(String(512), nullable=True)
-    target_id: Mapped[str] = mapped_column(String(64))
+    # Empty while the target item is still being created through the outbox (a remote target).
+    target_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # The newest Bitbucket `updated_on` applied; older events are stale.
     bitbucket_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -201,25 +202,29 @@ class LedgerEntry(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class OutgoingChange(Base):
-    """The outbox: a local edit waiting to be written to Bitbucket.
+class OutboxEntry(Base):
+    """The outbox: a write waiting to be made to one side, Bitbucket or a remote target.
 
-    Written in the same transaction as the edit, so an edit is never lost between the API and
-    the task. `fields` names what changed (values are read when sending, so several quick edits
-    collapse into one write); `sent_values` holds what we are writing, committed before the
-    call, so the webhook Bitbucket fires back is recognised as our echo even if it arrives
-    before we commit the result.
+    Written in the same transaction as the decision or edit that calls for it, so a write is
+    never lost between deciding and sending. For Bitbucket, `fields` names what changed (values
+    are read when sending, so several quick edits collapse into one write); for a remote target,
+    `sent_values` carries the values decided. `sent_values` is committed before the call, so the
+    webhook the side fires back is recognised as our echo even if it arrives before we commit
+    the result. A side that commits with the ledger (the built-in helpdesk) never has rows here.
     """
 
-    __tablename__ = "outgoing_changes"
-    __table_args__ = (Index("ix_outgoing_link_state", "link_id", "state"),)
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_link_state", "link_id", "state"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
     link_id: Mapped[int] = mapped_column(ForeignKey("links.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(16))  # fields | comment
+    # Which side the write goes to: bitbucket | target (worker.engine.states.OutboxSide).
+    side: Mapped[str] = mapped_column(String(16), default="bitbucket", server_default="bitbucket")
+    kind: Mapped[str] = mapped_column(String(16))  # fields | comment | create (target only)
     fields: Mapped[list | None] = mapped_column(JSON, nullable=True)
-    ticket_comment_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The note being copied: to Bitbucket, the target's comment id; to the target, Bitbucket's.
+    note_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # pending -> sending -> sent | failed | dismissed
     state: Mapped[str] = mapped_column(String(16), default="pending")
     # While `sending`: the attempt that holds the row until this time is the only one that may

@@ -12,8 +12,8 @@ _COMMENT = re.compile(r"\[//\]: # \(bbsync:([a-z0-9_-]{1,64}):comment:(\d{1,18})
 _TICKET = re.compile(r"\[//\]: # \(bbsync:([a-z0-9_-]{1,64}):ticket:(\d{1,18})\)")
 
 
-def comment_marker(connection: str, ticket_comment_id: int) -> str:
-    return f"[//]: # (bbsync:{connection}:comment:{ticket_comment_id})"
+def comment_marker(connection: str, note_id: str | int) -> str:
+    return f"[//]: # (bbsync:{connection}:comment:{note_id})"
 
 
 def ticket_marker(connection: str, ticket_id: int) -> str:

@@ -62,3 +62,30 @@ class OutboxState(StrEnum):
 
 #: Rows still to be written (a claim decides who writes a `sending` one).
 OUTBOX_OPEN = (OutboxState.PENDING, OutboxState.SENDING)
+
+
+class OutboxSide(StrEnum):
+    """The side an outbox row writes to."""
+    BITBUCKET = "bitbucket"
+    TARGET = "target"       # a remote target side (one that does not commit with the ledger)
+
+
+class OutboxKind(StrEnum):
+    FIELDS = "fields"       # synced fields of one item, in one write
+    COMMENT = "comment"     # one note copied
+    CREATE = "create"       # a new item on the target side (its link waits for the id)
+
+
+class EscalationState(StrEnum):
+    """creating (asked for: queued, or being run by the attempt that holds its claim) -> done |
+    failed (the tracker was removed, a write was refused, or the retries ran out; asking again
+    resumes it where it stopped)."""
+    CREATING = "creating"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ConflictState(StrEnum):
+    """open (left for a person, policy `manual`) -> resolved."""
+    OPEN = "open"
+    RESOLVED = "resolved"

@@ -6,6 +6,7 @@ only a task's name to publish its message.
 PROCESS_DELIVERY = "bbsync.process_delivery"
 PROCESS_DELIVERIES = "bbsync.process_deliveries"
 PUSH_LINK = "bbsync.push_link"
+ESCALATE = "bbsync.escalate"
 
 #: A job, as the dispatcher and `enqueue` take it ("process_delivery", id), -> its task's name.
-BY_JOB = {"process_delivery": PROCESS_DELIVERY, "push_link": PUSH_LINK}
+BY_JOB = {"process_delivery": PROCESS_DELIVERY, "push_link": PUSH_LINK, "escalate": ESCALATE}

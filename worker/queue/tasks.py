@@ -16,7 +16,8 @@ from worker.bitbucket import errors as bitbucket_errors
 from worker.db.models import Delivery, utcnow
 from worker.db.session import transaction
 from worker.engine.states import DeliveryStatus
-from worker.sync import deliveries, forward, push, reverse
+from worker.sync import claims, deliveries, forward, outbox, push
+from worker.sync import escalate as escalation
 from worker.targets import side
 
 log = logging.getLogger("bbsync.tasks")
@@ -121,7 +122,26 @@ def push_link(self, link_id: int) -> str:
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries))
 
 
-ENQUEUEABLE = {"process_delivery": process_delivery, "push_link": push_link}
+@app.task(bind=True, name=task_names.ESCALATE, max_retries=MAX_RETRIES)
+def escalate(self, escalation_id: int) -> str:
+    """Run an escalation a helpdesk agent asked for: the Bitbucket issue, its attachments, the
+    ticket's link (worker.sync.escalate). Another attempt holding it, or having taken it over,
+    is waited out by retrying later, as are Bitbucket's passing errors; after the last retry,
+    or on an error no retry mends, it fails with the reason (unless it is done or held)."""
+    try:
+        result = escalation.run_escalation(escalation_id)
+    except RETRYABLE + bitbucket_errors.RETRYABLE + (claims.Held, claims.Lost) as exc:
+        if self.request.retries >= MAX_RETRIES:
+            escalation.give_up(escalation_id, f"gave up after {MAX_RETRIES} retries: {escalation.describe(exc)}")
+            raise
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries))
+    except Exception as exc:
+        escalation.give_up(escalation_id, escalation.describe(exc))
+        raise
+    return "nothing to run" if result is None else f"{result.repo}#{result.issue_id}"
+
+
+ENQUEUEABLE = {"process_delivery": process_delivery, "push_link": push_link, "escalate": escalate}
 
 
 def enqueue(task: str, arg: str | int) -> bool:
@@ -140,19 +160,22 @@ def enqueue_delivery(delivery_id: str) -> bool:
 
 
 def requeue_pending(older_than: timedelta = REQUEUE_AFTER) -> int:
-    """Enqueue every stored delivery and outbox push still waiting after `older_than`, and the
-    pushes a dead process of this host was making (its claims are given back). Safe to repeat:
-    a task finds finished work done and does nothing."""
+    """Enqueue every stored delivery, outbox push and escalation still waiting after
+    `older_than`, and the pushes a dead process of this host was making (its claims are given
+    back). Safe to repeat: a task finds finished work done, or held by another, and does
+    nothing."""
     cutoff = utcnow() - older_than
     with transaction() as session:
-        released = reverse.release_dead_claims(session)
+        released = outbox.release_dead_claims(session)
     if released:
         log.info("sync.claims_released links=%s", released)
     with transaction() as session:
         ids = list(session.scalars(select(Delivery.id).where(
             Delivery.status == DeliveryStatus.RECEIVED, Delivery.received_at <= cutoff).order_by(Delivery.received_at)))
-        links = sorted(set(reverse.waiting_links(session, cutoff)) | set(released))
-    return sum(enqueue_delivery(i) for i in ids) + sum(enqueue("push_link", i) for i in links)
+        links = sorted(set(outbox.waiting_links(session, cutoff)) | set(released))
+        escalations = escalation.waiting(session, cutoff)
+    return (sum(enqueue_delivery(i) for i in ids) + sum(enqueue("push_link", i) for i in links)
+            + sum(enqueue("escalate", i) for i in escalations))
 
 
 @app.task(name="bbsync.reconcile_all")

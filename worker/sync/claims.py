@@ -32,6 +32,10 @@ class Lost(TimeoutError):
     """This attempt's claim lapsed and another attempt took it over: the write is theirs."""
 
 
+class Held(TimeoutError):
+    """Another attempt holds a live claim on the row: try again later (it may be done by then)."""
+
+
 def until(now: datetime | None = None) -> datetime:
     """The expiry of a claim taken now."""
     return (now or utcnow()) + CLAIM

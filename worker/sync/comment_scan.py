@@ -23,12 +23,14 @@ from sqlalchemy.orm import Session
 
 from worker import ledger
 from worker.bitbucket.errors import NotFound
-from worker.db.models import CommentLink, Link, OutgoingChange, utcnow
+from worker.db.models import CommentLink, Link, OutboxEntry, utcnow
 from worker.db.session import transaction
 from worker.engine.events import NAME_LIMIT, comment_body, display_name, parse_time
 from worker.engine.markers import find_comment_marker
+from worker.engine.states import OutboxKind, Outcome
 from worker.engine.text import clean
 from worker.sync import forward, forward_comments
+from worker.sync.outbox import to_bitbucket
 from worker.targets import side_for
 
 if TYPE_CHECKING:
@@ -105,7 +107,7 @@ class CommentScan:
         if author is not None:
             author = clean("comment author", author, NAME_LIMIT)[0] or None
         ledger.record(session, connection_id=self.connection_id, direction=forward.DIRECTION,
-                      outcome="applied", field="comment", link_id=link.id,
+                      outcome=Outcome.APPLIED, field="comment", link_id=link.id,
                       actor=author, bitbucket_value=str(comment["id"]),
                       old_value=forward_comments.excerpt(old), new_value=forward_comments.excerpt(text),
                       bitbucket_at=parse_time(comment.get("updated_on")),
@@ -130,7 +132,7 @@ class CommentScan:
                       f"note {cl.target_comment_id} is kept and marked as deleted (Bitbucket sends no "
                       f"webhook for comment deletions: found by reconciliation)")
         ledger.record(session, connection_id=self.connection_id, direction=forward.DIRECTION,
-                      outcome="noop" if ours else "applied", field="comment", link_id=link.id,
+                      outcome=Outcome.NOOP if ours else Outcome.APPLIED, field="comment", link_id=link.id,
                       bitbucket_value=str(cl.bitbucket_comment_id),
                       old_value=before, detail=detail)
         # The pair no longer exists; ending it records the deletion once.
@@ -139,10 +141,9 @@ class CommentScan:
 
 
 def _from_helpdesk(session: Session, link: Link, cl: CommentLink) -> bool:
-    target = _int(cl.target_comment_id)
-    return target is not None and session.scalar(select(OutgoingChange.id).where(
-        OutgoingChange.link_id == link.id, OutgoingChange.kind == "comment",
-        OutgoingChange.ticket_comment_id == target).limit(1)) is not None
+    return session.scalar(select(OutboxEntry.id).where(
+        OutboxEntry.link_id == link.id, to_bitbucket(OutboxKind.COMMENT),
+        OutboxEntry.note_id == cl.target_comment_id).limit(1)) is not None
 
 
 def _pages_for(count: int, pagelen: int) -> int:

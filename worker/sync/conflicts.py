@@ -5,8 +5,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker import connections, ledger
-from worker.db.models import Conflict, Connection, Link, OutgoingChange, Shadow, utcnow
-from worker.targets import side_for
+from worker.db.models import Conflict, Connection, Link, OutboxEntry, Shadow, utcnow
+from worker.engine.states import ConflictState, Direction, OutboxKind, Outcome, Policy
+from worker.sync.target_writes import writer_for
 
 TAKES = ("bitbucket", "target", "value")
 
@@ -19,7 +20,7 @@ def open_conflict(session: Session, *, connection_id: int, link_id: int, field: 
                   bitbucket_value, target_value, ledger_id: int | None) -> Conflict:
     row = Conflict(connection_id=connection_id, link_id=link_id, field=field, ledger_id=ledger_id,
                    base_bitbucket=base.source if base else None, base_target=base.dest if base else None,
-                   bitbucket_value=bitbucket_value, target_value=target_value)
+                   bitbucket_value=bitbucket_value, target_value=target_value, state=ConflictState.OPEN)
     session.add(row)
     return row
 
@@ -53,11 +54,12 @@ def resolve(session: Session, conflict_id: int, take: str, value: str | None, wh
     c = session.scalar(select(Conflict).where(Conflict.id == conflict_id).with_for_update())
     if c is None:
         raise LookupError(f"conflict {conflict_id} does not exist")
-    if c.state != "open":
+    if c.state != ConflictState.OPEN:
         raise ResolutionError(f"conflict {conflict_id} is already {c.state}")
     link = session.scalar(select(Link).where(Link.id == c.link_id).with_for_update(key_share=True))
     conn = session.get(Connection, c.connection_id)
-    helpdesk = side_for(session, conn.target)
+    writes = writer_for(session, conn)
+    helpdesk = writes.side
     tables = connections.tables_for(conn)
     mapped = c.field in tables.fields
 
@@ -74,8 +76,8 @@ def resolve(session: Session, conflict_id: int, take: str, value: str | None, wh
                                   f"(one of {', '.join(accepted)})")
         target_value = value
 
-    if helpdesk.read(link.target_id).fields.get(c.field) != target_value:
-        helpdesk.apply(link.target_id, {c.field: target_value})
+    if writes.read(link).fields.get(c.field) != target_value:
+        writes.apply(conn, link, {c.field: target_value}, sources={c.field: c.bitbucket_value}, actor=who)
     # The base becomes "both sides at Bitbucket's current value": the push then writes exactly
     # the difference, if the chosen value is not already what Bitbucket holds.
     shadow = session.get(Shadow, (link.id, c.field)) or Shadow(link_id=link.id, field=c.field)
@@ -84,12 +86,12 @@ def resolve(session: Session, conflict_id: int, take: str, value: str | None, wh
     shadow.target_value = tables.to_target(c.field, c.bitbucket_value) if mapped else c.bitbucket_value
     push = shadow.target_value != target_value
     if push:
-        session.add(OutgoingChange(connection_id=conn.id, link_id=link.id, kind="fields",
+        session.add(OutboxEntry(connection_id=conn.id, link_id=link.id, kind=OutboxKind.FIELDS,
                                    fields=[c.field], actor=who))
-    c.state, c.resolution, c.resolved_value = "resolved", take, target_value
+    c.state, c.resolution, c.resolved_value = ConflictState.RESOLVED, take, target_value
     c.resolved_by, c.resolved_at = who, utcnow()
-    ledger.record(session, connection_id=conn.id, direction="reverse" if push else "forward",
-                  outcome="conflict", field=c.field, link_id=link.id, actor=who, policy="manual",
+    ledger.record(session, connection_id=conn.id, direction=Direction.REVERSE if push else Direction.FORWARD,
+                  outcome=Outcome.CONFLICT, field=c.field, link_id=link.id, actor=who, policy=Policy.MANUAL,
                   winner=take, base_value=c.base_bitbucket, bitbucket_value=c.bitbucket_value,
                   target_value=c.target_value, new_value=target_value,
                   detail=f"conflict {c.id} resolved by {who or 'an operator'}: took {take}")

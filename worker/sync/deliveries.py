@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from worker import ledger
 from worker.db.models import Delivery, utcnow
 from worker.db.session import insert_ignoring_duplicates, transaction
-from worker.engine.states import DELIVERY_STUCK, DeliveryStatus
+from worker.engine.states import DELIVERY_STUCK, DeliveryStatus, Direction, Outcome
 
 #: Processing may start this many times (retries and redeliveries after a worker died) before
 #: the delivery is dead-lettered as failed, for a person to look at.
@@ -119,7 +119,7 @@ def dead_letter(delivery_id: str, reason: str) -> bool:
 
 def fail(session: Session, d: Delivery, reason: str) -> None:
     d.status, d.error, d.processed_at = "failed", reason[:2000], utcnow()
-    ledger.record(session, connection_id=d.connection_id, direction="forward", outcome="failed",
+    ledger.record(session, connection_id=d.connection_id, direction=Direction.FORWARD, outcome=Outcome.FAILED,
                   delivery_id=d.id, detail=reason[:2000])
 
 
@@ -138,7 +138,7 @@ def blocking(session: Session, d: Delivery) -> str | None:
 
 def hold(session: Session, d: Delivery, behind: str) -> None:
     d.status, d.error = DeliveryStatus.HELD, f"waiting behind failed delivery {behind} for {d.issue_key}"
-    ledger.record(session, connection_id=d.connection_id, direction="forward", outcome="stale",
+    ledger.record(session, connection_id=d.connection_id, direction=Direction.FORWARD, outcome=Outcome.STALE,
                   delivery_id=d.id, detail=f"held: an earlier event of {d.issue_key} failed "
                                            f"({behind}); replay or dismiss it to continue")
 
@@ -171,7 +171,7 @@ def replay(session: Session, delivery_id: str, who: str | None) -> list[str]:
         raise DeliveryError(f"delivery {delivery_id} is {d.status}; only failed, held or dismissed "
                             f"deliveries are replayed")
     d.status, d.error, d.runs, d.processed_at = DeliveryStatus.RECEIVED, None, 0, None
-    ledger.record(session, connection_id=d.connection_id, direction="forward", outcome="applied",
+    ledger.record(session, connection_id=d.connection_id, direction=Direction.FORWARD, outcome=Outcome.APPLIED,
                   delivery_id=d.id, actor=who, detail=f"replay requested by {who or 'an operator'}")
     # The events held behind it stay held until it has been processed (forward releases them).
     return [d.id]
@@ -185,7 +185,7 @@ def dismiss(session: Session, delivery_id: str, who: str | None) -> list[str]:
         raise DeliveryError(f"delivery {delivery_id} is {d.status}; only failed or held deliveries "
                             f"are dismissed")
     d.status, d.processed_at = "dismissed", utcnow()
-    ledger.record(session, connection_id=d.connection_id, direction="forward", outcome="ignored",
+    ledger.record(session, connection_id=d.connection_id, direction=Direction.FORWARD, outcome=Outcome.IGNORED,
                   delivery_id=d.id, actor=who, detail=f"dismissed by {who or 'an operator'}: {d.error}")
     return release(session, d.connection_id, d.issue_key)
 

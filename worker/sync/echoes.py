@@ -12,26 +12,27 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker import connections, ledger
-from worker.db.models import Connection, Delivery, Link, OutgoingChange, Shadow, utcnow
+from worker.db.models import Connection, Delivery, Link, OutboxEntry, Shadow, utcnow
 from worker.engine.events import MISSING, IssueEvent
 from worker.engine.judge import Expected, Verdict, late_echoes
 from worker.engine.merge import ShadowPair, pick_winner
-from worker.engine.states import OUTBOX_OPEN, Direction, OutboxState, Outcome
+from worker.engine.states import OUTBOX_OPEN, Direction, OutboxKind, OutboxState, Outcome, Winner
 from worker.sync import conflicts
+from worker.sync.outbox import to_bitbucket
 from worker.sync.reverse import ECHO_WINDOW
-from worker.targets.side import Side
+from worker.sync.target_writes import Direct, Queued
 
 DIRECTION = Direction.FORWARD
 
 
 def record_overwritten(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
-                 link: Link, target: Side, only: str | None = None) -> set[str]:
+                 link: Link, target: Direct | Queued, only: str | None = None) -> set[str]:
     """A stale event carrying a Bitbucket edit that our later write replaced: both sides changed
     the field, so it is a conflict, decided now that the event tells us when Bitbucket's edit
     happened. If Bitbucket should have won, its value goes to the ticket and back to Bitbucket."""
-    rows = [r for r in session.scalars(select(OutgoingChange).where(
-        OutgoingChange.link_id == link.id, OutgoingChange.kind == "fields",
-        OutgoingChange.state == OutboxState.SENT, OutgoingChange.created_at >= utcnow() - ECHO_WINDOW))
+    rows = [r for r in session.scalars(select(OutboxEntry).where(
+        OutboxEntry.link_id == link.id, to_bitbucket(OutboxKind.FIELDS),
+        OutboxEntry.state == OutboxState.SENT, OutboxEntry.created_at >= utcnow() - ECHO_WINDOW))
         if r.overwritten]
     tables = connections.tables_for(conn)
     handled: set[str] = set()
@@ -42,7 +43,7 @@ def record_overwritten(session: Session, conn: Connection, delivery: Delivery, e
                 continue
             handled.add(field)
             row.overwritten = {k: v for k, v in row.overwritten.items() if k != field} or None
-            current = target.read(link.target_id)
+            current = target.read(link)
             policy = connections.policy_for(conn, field)
             winner = pick_winner(policy, "bitbucket", event.issue.updated_at, row.created_at)
             shadow = session.get(Shadow, (link.id, field))
@@ -55,10 +56,10 @@ def record_overwritten(session: Session, conn: Connection, delivery: Delivery, e
                 detail="both sides changed; Bitbucket's edit was replaced by our write" +
                        {"source": ", and Bitbucket's value is restored", "dest": ", which stands",
                         None: "; awaiting a person"}[winner])
-            if winner == "source":
+            if winner == Winner.SOURCE:
                 mapped = tables.to_target(field, value) if field in tables.fields else value
-                target.apply(link.target_id, {field: mapped})
-                session.add(OutgoingChange(connection_id=conn.id, link_id=link.id, kind="fields",
+                target.apply(conn, link, {field: mapped}, sources={field: value}, actor=event.actor)
+                session.add(OutboxEntry(connection_id=conn.id, link_id=link.id, kind=OutboxKind.FIELDS,
                                            fields=[field], actor=event.actor))
             elif winner is None:
                 session.flush()
@@ -89,21 +90,21 @@ def expected(rows) -> list[Expected]:
                      {f: (v or {}).get("target") for f, v in (r.sent_values or {}).items()}) for r in rows]
 
 
-def _seen(row: OutgoingChange, field: str) -> None:
+def _seen(row: OutboxEntry, field: str) -> None:
     """The write's value for this field came back: no longer expected."""
     row.unechoed = {k: v for k, v in (row.unechoed or {}).items() if k != field} or None
 
 
-def in_flight(session: Session, link: Link) -> list[OutgoingChange]:
+def in_flight(session: Session, link: Link) -> list[OutboxEntry]:
     """Our own writes to this issue whose webhooks may still be on their way back."""
-    return [r for r in session.scalars(select(OutgoingChange).where(
-        OutgoingChange.link_id == link.id, OutgoingChange.kind == "fields",
-        OutgoingChange.state.in_((OutboxState.SENDING, OutboxState.SENT)),
-        OutgoingChange.created_at >= utcnow() - ECHO_WINDOW)) if r.unechoed]
+    return [r for r in session.scalars(select(OutboxEntry).where(
+        OutboxEntry.link_id == link.id, to_bitbucket(OutboxKind.FIELDS),
+        OutboxEntry.state.in_((OutboxState.SENDING, OutboxState.SENT)),
+        OutboxEntry.created_at >= utcnow() - ECHO_WINDOW)) if r.unechoed]
 
 
 def record_echo(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent, link: Link,
-                 field: str, incoming, verdict: Verdict, writes: dict[int, OutgoingChange],
+                 field: str, incoming, verdict: Verdict, writes: dict[int, OutboxEntry],
                  shadow: Shadow | None) -> None:
     """A value we wrote, seen back: recorded as an echo, and nothing else happens (promise 4).
     Both sides agree on what we wrote and the helpdesk value it was written from, not on
@@ -124,14 +125,14 @@ def record_echo(session: Session, conn: Connection, delivery: Delivery, event: I
         # The ticket moved on after the write and nothing will carry its value out: the write
         # was never recorded (a crash before finish), so no follow-up push was queued, and
         # meanwhile an older Bitbucket snapshot changed the ticket.
-        session.add(OutgoingChange(connection_id=conn.id, link_id=link.id, kind="fields",
+        session.add(OutboxEntry(connection_id=conn.id, link_id=link.id, kind=OutboxKind.FIELDS,
                                    fields=[field], actor=event.actor))
 
 
 def _queued(session: Session, link: Link, field: str) -> bool:
     """Whether a push not yet finished will send this field's current value anyway."""
-    return any(field in (r.fields or []) for r in session.scalars(select(OutgoingChange).where(
-        OutgoingChange.link_id == link.id, OutgoingChange.kind == "fields",
-        OutgoingChange.state.in_(OUTBOX_OPEN))))
+    return any(field in (r.fields or []) for r in session.scalars(select(OutboxEntry).where(
+        OutboxEntry.link_id == link.id, to_bitbucket(OutboxKind.FIELDS),
+        OutboxEntry.state.in_(OUTBOX_OPEN))))
 
 

@@ -18,15 +18,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker import connections, ledger
-from worker.db.models import Connection, Delivery, Link, OutgoingChange, Shadow, utcnow
+from worker.db.models import Connection, Delivery, Link, OutboxEntry, Shadow, utcnow
 from worker.engine.events import MISSING, SYNCED_FIELDS, IssueEvent, MalformedEvent, normalize
 from worker.engine.judge import Held, Kind, judge
 from worker.engine.markers import find_ticket_marker
 from worker.engine.merge import FieldDecision, ShadowPair, decide_field, is_stale
-from worker.engine.states import DeliveryStatus, Direction, OutboxState, Outcome
+from worker.engine.states import DeliveryStatus, Direction, OutboxKind, OutboxState, Outcome, Winner
 from worker.sync import conflicts, deliveries, echoes, forward_comments, reverse
+from worker.sync.target_writes import Direct, Queued, writer_for
 from worker.targets import side_for
-from worker.targets.side import Side
 
 log = logging.getLogger("bbsync.sync")
 
@@ -69,7 +69,7 @@ def process_delivery(session: Session, delivery_id: str) -> Processed:
     link = session.scalar(
         select(Link).where(Link.connection_id == conn.id, Link.bitbucket_repo == event.issue.repo,
                            Link.bitbucket_issue_id == event.issue.issue_id).with_for_update(key_share=True))
-    target = side_for(session, conn.target)
+    target = writer_for(session, conn)
     if link is None:
         link = _adopt_escalation(session, conn, delivery, event) or _create_link(
             session, conn, delivery, event, target)
@@ -97,8 +97,8 @@ def process_delivery(session: Session, delivery_id: str) -> Processed:
 
 
 def _has_pending_push(session: Session, link: Link) -> bool:
-    return session.scalar(select(OutgoingChange.id).where(
-        OutgoingChange.link_id == link.id, OutgoingChange.state == OutboxState.PENDING).limit(1)) is not None
+    return session.scalar(select(OutboxEntry.id).where(
+        OutboxEntry.link_id == link.id, OutboxEntry.state == OutboxState.PENDING).limit(1)) is not None
 
 
 def _finish(session: Session, conn: Connection, delivery: Delivery, status: str,
@@ -128,7 +128,7 @@ def _record_cleaning(session: Session, conn: Connection, delivery: Delivery, eve
 
 
 def _create_link(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
-                 target: Side) -> Link:
+                 target: Direct | Queued) -> Link:
     """First sight of an issue (created now, or before the connection existed)."""
     tables = connections.tables_for(conn)
     fields: dict[str, str | None] = {}
@@ -145,28 +145,32 @@ def _create_link(session: Session, conn: Connection, delivery: Delivery, event: 
         decisions.append(d)
         if d.write:
             fields[field] = d.new_dest
-    for field, default in target.defaults.items():
+    for field, default in target.side.defaults.items():
         fields.setdefault(field, default)
 
-    target_id = target.create(fields, reporter=event.issue.reporter)
     link = Link(connection_id=conn.id, bitbucket_repo=event.issue.repo,
-                bitbucket_issue_id=event.issue.issue_id, bitbucket_url=event.issue.url,
-                target_id=target_id)
+                bitbucket_issue_id=event.issue.issue_id, bitbucket_url=event.issue.url)
+    # Direct: the new ticket's id. Queued: none yet (the create is an outbox row; the link
+    # is flushed to carry it, and gets the id when the create is sent).
+    link.target_id = target.create(conn, link, fields, event.issue.reporter, event.actor)
     session.add(link)
     session.flush()  # a concurrent creator of the same link fails here, and its task retries
+    issue = f"{event.issue.repo}#{event.issue.issue_id}"
     ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.APPLIED,
                   link_id=link.id, delivery_id=delivery.id, actor=event.actor,
-                  bitbucket_at=event.issue.updated_at, new_value=f"ticket {target_id}",
-                  detail=f"created ticket {target_id} for {event.issue.repo}#{event.issue.issue_id}")
+                  bitbucket_at=event.issue.updated_at,
+                  new_value=f"ticket {link.target_id}" if link.target_id else None,
+                  detail=f"created ticket {link.target_id} for {issue}" if link.target_id else
+                         f"queued the creation of a {conn.target} item for {issue}")
     for d in decisions:
         _record_decision(session, conn, delivery, event, link, d, created=True)
     return link
 
 
 def _update_link(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
-                 link: Link, target: Side) -> None:
+                 link: Link, target: Direct | Queued) -> None:
     tables = connections.tables_for(conn)
-    current = target.read(link.target_id)
+    current = target.read(link)
     shadows = {s.field: s for s in session.scalars(select(Shadow).where(Shadow.link_id == link.id))}
     writes = {r.id: r for r in echoes.in_flight(session, link)}
     expected = echoes.expected(writes.values())
@@ -208,7 +212,8 @@ def _update_link(session: Session, conn: Connection, delivery: Delivery, event: 
             if d.write:
                 changes[field] = d.new_dest
             _record_decision(session, conn, delivery, event, link, d, shadow=row)
-    target.apply(link.target_id, changes, expected_version=current.version)
+    target.apply(conn, link, changes, sources={f: event.issue.fields.get(f) for f in changes},
+                 actor=event.actor, expected_version=current.version)
     if not decided and event.comment is None:
         # Nothing differs from what both sides hold. Said in the ledger all the same, so that
         # every delivery is accounted for: our own issue creation (an escalation) coming back
@@ -272,12 +277,12 @@ def _record_decision(session: Session, conn: Connection, delivery: Delivery, eve
         bitbucket_at=event.issue.updated_at, policy=d.policy, winner=d.winner,
         detail=d.detail or None,
     )
-    if d.outcome == "conflict" and d.winner == "dest" and d.field in reverse.BITBUCKET_KEYS:
+    if d.outcome == Outcome.CONFLICT and d.winner == Winner.DEST and d.field in reverse.BITBUCKET_KEYS:
         # The helpdesk keeps its value, so Bitbucket must be given it (the base stays, so the
         # push sees the helpdesk's change).
-        session.add(OutgoingChange(connection_id=conn.id, link_id=link.id, kind="fields",
+        session.add(OutboxEntry(connection_id=conn.id, link_id=link.id, kind=OutboxKind.FIELDS,
                                    fields=[d.field], actor=event.actor))
-    if d.outcome == "conflict" and d.winner is None:
+    if d.outcome == Outcome.CONFLICT and d.winner is None:
         session.flush()
         conflicts.open_conflict(session, connection_id=conn.id, link_id=link.id, field=d.field,
                                 base=d.base, bitbucket_value=d.source_value, target_value=d.dest_value,

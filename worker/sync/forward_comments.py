@@ -10,26 +10,27 @@ from worker.db.models import CommentLink, Connection, Delivery, Link
 from worker.engine.events import IssueEvent
 from worker.engine.judge import CommentKind, judge_comment
 from worker.engine.states import Direction, Outcome
-from worker.targets.side import Side
+from worker.sync.target_writes import Direct, Queued
 
 DIRECTION = Direction.FORWARD
 
 
 def sync_comment(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
-                  link: Link, target: Side) -> None:
+                  link: Link, target: Direct | Queued) -> None:
     """A Bitbucket comment becomes an internal note on the ticket, once."""
     comment = event.comment
     if comment is None:
         return
     exists = session.scalar(select(CommentLink.id).where(
         CommentLink.link_id == link.id, CommentLink.bitbucket_comment_id == comment.id))
-    kind, ours = judge_comment(comment.body, conn.name, already_copied=exists is not None)
+    kind, ours = judge_comment(comment.body, conn.name,
+                               already_copied=exists is not None or target.note_queued(link, comment.id))
     if kind is CommentKind.OURS:
         # A helpdesk comment we posted, seen back. If our own commit has not happened yet (or
         # never will, after a crash), the marker is enough to link it: never a second note.
         linked = session.scalar(select(CommentLink.id).where(
             CommentLink.link_id == link.id, CommentLink.target_comment_id == str(ours)))
-        if exists is None and linked is None and target.get_comment(str(ours)) is not None:
+        if exists is None and linked is None and target.side.get_comment(str(ours)) is not None:
             session.add(CommentLink(link_id=link.id, bitbucket_comment_id=comment.id,
                                     target_comment_id=str(ours)))
         ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.ECHO,
@@ -41,12 +42,14 @@ def sync_comment(session: Session, conn: Connection, delivery: Delivery, event: 
                       field="comment", link_id=link.id, delivery_id=delivery.id, actor=comment.author,
                       bitbucket_value=str(comment.id), detail="comment already synced")
         return
-    note_id = target.add_comment(link.target_id, comment.body, internal=True, author=comment.author)
-    session.add(CommentLink(link_id=link.id, bitbucket_comment_id=comment.id, target_comment_id=note_id))
+    note_id = target.add_note(conn, link, comment.id, comment.body, comment.author)
+    if note_id is not None:  # written now; a queued note is linked when it is sent
+        session.add(CommentLink(link_id=link.id, bitbucket_comment_id=comment.id, target_comment_id=note_id))
     ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.APPLIED,
                   field="comment", link_id=link.id, delivery_id=delivery.id, actor=comment.author,
                   bitbucket_value=str(comment.id), new_value=excerpt(comment.body),
-                  detail=f"internal note {note_id} from Bitbucket comment {comment.id}")
+                  detail=f"internal note {note_id} from Bitbucket comment {comment.id}" if note_id else
+                         f"internal note from Bitbucket comment {comment.id} queued for {conn.target}")
 
 
 def excerpt(text: str, limit: int = 120) -> str:

@@ -1,4 +1,5 @@
-"""Running reverse pushes and escalations against Bitbucket: the I/O around worker.sync.reverse.
+"""Running a link's outbox: the I/O around worker.sync.reverse (to Bitbucket) and
+worker.sync.push_target (to a remote target side).
 
 Database work happens in short transactions; the remote call happens between them, never
 inside one, so a slow Bitbucket never holds a lock on our side.
@@ -11,14 +12,16 @@ from worker.bitbucket.errors import RETRYABLE as REMOTE_RETRYABLE
 from worker.bitbucket.errors import BitbucketError, TrackerRemoved
 from worker.db.session import transaction
 from worker.engine.markers import comment_marker
-from worker.sync import reverse, reverse_comments
+from worker.sync import outbox, push_target, reverse, reverse_comments
 from worker.sync.clients import client_for
 
 log = logging.getLogger("bbsync.sync")
 
 
 def push_link(link_id: int, client_factory=client_for) -> str:
-    done: list[str] = []
+    """Write a link's outbox: first to a remote target side (a new item must exist before
+    Bitbucket can be told of it), then to Bitbucket."""
+    done: list[str] = push_target.push(link_id)
     while True:
         with transaction() as session:
             plan = reverse.plan_fields(session, link_id)
@@ -73,18 +76,18 @@ def push_link(link_id: int, client_factory=client_for) -> str:
                 _give_back({p.outbox_id: p.attempt for p in [item, *rest]},
                            {item.outbox_id} | {p.outbox_id for p in rest if p.resume})
                 raise
-            done.append(f"comment {item.ticket_comment_id} posted")
+            done.append(f"comment {item.note_id} posted")
 
 
 def _give_back(claimed: dict[int, int], written: set[int]) -> None:
     with transaction() as session:
-        reverse.release(session, claimed, written)
+        outbox.release(session, claimed, written)
 
 
 def _find_posted(client, item: reverse_comments.CommentPush) -> dict | None:
     """A previous attempt may have posted the comment and died before recording it: find it
     by its marker rather than post it twice (one read, only on a resumed attempt)."""
-    marker = comment_marker(item.connection, item.ticket_comment_id)
+    marker = comment_marker(item.connection, item.note_id)
     for comment in client.iter_comments(item.repo, item.issue_id):
         if marker in ((comment.get("content") or {}).get("raw") or ""):
             return comment
@@ -109,4 +112,4 @@ def give_up(link_id: int, reason: str) -> None:
     """After the task's last retry: the outbox rows are marked failed, kept for a replay (not
     those another attempt holds a live claim on: that attempt is writing them now)."""
     with transaction() as session:
-        reverse.fail(session, link_id, reverse.unheld_rows(session, link_id), reason, permanent=True)
+        reverse.fail(session, link_id, outbox.unheld_rows(session, link_id), reason, permanent=True)

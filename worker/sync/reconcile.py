@@ -56,7 +56,7 @@ from worker.bitbucket.scan import PAGELEN, IssueScan
 from worker.db.models import Connection, Delivery, Link, utcnow
 from worker.db.session import transaction
 from worker.engine.states import DeliveryStatus
-from worker.sync import reverse, watermarks
+from worker.sync import outbox, reverse, watermarks
 from worker.sync.clients import ClientFactory, client_for
 from worker.sync.importer import Importer, SyncReport
 
@@ -154,7 +154,7 @@ def _stuck_work(report: ReconcileReport, connection_id: int, stuck_after: timede
     """The helpdesk side: pushes and deliveries that should have happened long ago."""
     cutoff = utcnow() - stuck_after
     with transaction() as session:
-        report.stuck_links = reverse.waiting_links(session, cutoff, connection_id)
+        report.stuck_links = outbox.waiting_links(session, cutoff, connection_id)
         waiting = list(session.scalars(select(Delivery.id).where(
             Delivery.connection_id == connection_id, Delivery.status == DeliveryStatus.RECEIVED,
             Delivery.received_at <= cutoff).order_by(Delivery.received_at)))

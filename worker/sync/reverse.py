@@ -21,17 +21,17 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker import connections, ledger
-from worker.db.models import Conflict, Connection, Link, OutgoingChange, Shadow, utcnow
+from worker.db.models import Conflict, Connection, Link, OutboxEntry, Shadow, utcnow
 from worker.engine.events import LIMITS, parse_time
 from worker.engine.judge import parked
 from worker.engine.merge import ShadowPair, decide_field
-from worker.engine.states import OUTBOX_OPEN, Direction, OutboxState, Outcome
+from worker.engine.states import OUTBOX_OPEN, ConflictState, Direction, OutboxKind, OutboxSide, OutboxState, Outcome
 from worker.engine.text import clean
-from worker.sync import claims
+from worker.sync import claims, outbox
 from worker.targets import side_for
 
 log = logging.getLogger("bbsync.sync")
@@ -78,7 +78,7 @@ def record_ticket_edit(session: Session, ticket_id: int, changed: list[str], act
         return []
     links = list(session.scalars(select(Link).where(Link.target_id == str(ticket_id))))
     for link in links:
-        session.add(OutgoingChange(connection_id=link.connection_id, link_id=link.id, kind="fields",
+        session.add(OutboxEntry(connection_id=link.connection_id, link_id=link.id, kind=OutboxKind.FIELDS,
                                    fields=pushed, actor=actor))
     return [link.id for link in links]
 
@@ -88,16 +88,16 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
     if link is None:
         return None
     conn = session.get(Connection, link.connection_id)
-    rows = list(session.scalars(select(OutgoingChange).where(
-        OutgoingChange.link_id == link.id, OutgoingChange.kind == "fields",
-        OutgoingChange.state.in_(OUTBOX_OPEN)).order_by(OutgoingChange.id)))
-    if not rows:
+    rows = list(session.scalars(select(OutboxEntry).where(
+        OutboxEntry.link_id == link.id, outbox.to_bitbucket(OutboxKind.FIELDS),
+        OutboxEntry.state.in_(OUTBOX_OPEN)).order_by(OutboxEntry.id)))
+    if not rows or link.target_id is None:  # (the target item is still being created)
         return None
     if conn.tracker_removed_at is not None:
         give_up(session, conn, link, rows, "the repository's issue tracker was removed (410)")
         return None
     now = utcnow()
-    if held(rows, now):
+    if outbox.held(rows, now):
         return None
 
     tables = connections.tables_for(conn)
@@ -107,7 +107,7 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
                     [r.id for r in rows], actor=rows[-1].actor, target=conn.target)
     wanted = dict.fromkeys(f for r in rows for f in (r.fields or []) if f in BITBUCKET_KEYS)
     to_push, waiting = parked(wanted, session.scalars(select(Conflict.field).where(
-        Conflict.link_id == link.id, Conflict.state == "open")))
+        Conflict.link_id == link.id, Conflict.state == ConflictState.OPEN)))
     for name in waiting:
         ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.NOOP,
                       field=name, link_id=link.id, actor=plan.actor,
@@ -125,7 +125,7 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
                          source_name="target")
         if d is None:
             continue
-        if d.outcome == "unmapped":
+        if d.outcome == Outcome.UNMAPPED:
             ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.UNMAPPED,
                           field=name, link_id=link.id, actor=plan.actor, target_value=d.source_value,
                           detail=d.detail)
@@ -146,9 +146,9 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
     pairs = {f.field: {"bitbucket": f.bitbucket_value, "target": f.target_value} for f in plan.fields}
     # One write, one set of values to expect back: on the newest row only. Older writes of the
     # same fields are superseded: their echoes, if still on the way, are stale by then.
-    for older in session.scalars(select(OutgoingChange).where(
-            OutgoingChange.link_id == link.id, OutgoingChange.state == OutboxState.SENT,
-            OutgoingChange.unechoed.is_not(None))):
+    for older in session.scalars(select(OutboxEntry).where(
+            OutboxEntry.link_id == link.id, OutboxEntry.side == OutboxSide.BITBUCKET,
+            OutboxEntry.state == OutboxState.SENT, OutboxEntry.unechoed.is_not(None))):
         left = {k: v for k, v in (older.unechoed or {}).items() if k not in sent}
         if left != older.unechoed:
             older.unechoed = left or None
@@ -159,45 +159,6 @@ def plan_fields(session: Session, link_id: int) -> PushPlan | None:
         r.unechoed = dict(sent) if r is rows[-1] else None
         plan.attempts[r.id] = r.attempts
     return plan
-
-
-def waiting_links(session: Session, created_before: datetime, connection_id: int | None = None) -> list[int]:
-    """Links with outbox rows that no attempt holds, older than `created_before`: pushes that
-    were lost (a broker outage) or whose holder died (its claim lapsed)."""
-    query = select(OutgoingChange.link_id).where(_unheld(), OutgoingChange.created_at <= created_before)
-    if connection_id is not None:
-        query = query.where(OutgoingChange.connection_id == connection_id)
-    return list(session.scalars(query.distinct().order_by(OutgoingChange.link_id)))
-
-
-def unheld_rows(session: Session, link_id: int) -> list[int]:
-    """A link's outbox rows still to write that no attempt is writing now."""
-    return list(session.scalars(select(OutgoingChange.id).where(OutgoingChange.link_id == link_id, _unheld())))
-
-
-def _unheld():
-    return OutgoingChange.state.in_(OUTBOX_OPEN) & or_(
-        OutgoingChange.claimed_until.is_(None), OutgoingChange.claimed_until <= utcnow())
-
-
-def held(rows: list[OutgoingChange], now: datetime) -> bool:
-    """Another attempt is writing rows of this kind for the link now: it pushes what is
-    pending when it finishes, so this one leaves them all alone. A claim whose process is
-    known to be dead holds nothing (the rows are resumed, marker first)."""
-    return any(r.state == OutboxState.SENDING and claims.is_live(r.claimed_until, now)
-               and not claims.holder_gone(r.claimed_by) for r in rows)
-
-
-def release_dead_claims(session: Session) -> list[int]:
-    """Give back the claims of processes of this host that died while writing (a killed
-    worker), so that their rows are resumed now rather than when the claims lapse. Returns the
-    links to push."""
-    rows = [r for r in session.scalars(select(OutgoingChange).where(
-        OutgoingChange.state == OutboxState.SENDING, OutgoingChange.claimed_until > utcnow()))
-        if claims.holder_gone(r.claimed_by)]
-    for r in rows:
-        r.claimed_until, r.claimed_by = None, None
-    return sorted({r.link_id for r in rows})
 
 
 def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> bool:
@@ -231,7 +192,7 @@ def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> bool
     # The written fields' shadows carry the write's time, so an older snapshot cannot undo
     # them (forward checks per field). The link's own watermark is left alone: it says which
     # Bitbucket snapshot we last read whole, and our write told us nothing of the other fields.
-    for r in session.scalars(select(OutgoingChange).where(OutgoingChange.id.in_(plan.outbox_ids))):
+    for r in session.scalars(select(OutboxEntry).where(OutboxEntry.id.in_(plan.outbox_ids))):
         if r.state == OutboxState.SENDING and r.attempts == plan.attempts.get(r.id):
             r.state, r.sent_at, r.error = OutboxState.SENT, utcnow(), None
             r.claimed_until = r.claimed_by = None
@@ -242,11 +203,11 @@ def finish_fields(session: Session, plan: PushPlan, result: dict | None) -> bool
     current = side_for(session, plan.target).read(link.target_id).fields
     moved = [f.field for f in plan.fields if current.get(f.field) != f.target_value]
     if moved:
-        session.add(OutgoingChange(connection_id=plan.connection_id, link_id=link.id, kind="fields",
+        session.add(OutboxEntry(connection_id=plan.connection_id, link_id=link.id, kind=OutboxKind.FIELDS,
                                    fields=moved, actor=plan.actor))
-    return session.scalar(select(OutgoingChange.id).where(
-        OutgoingChange.link_id == link.id, OutgoingChange.kind == "fields",
-        OutgoingChange.state == OutboxState.PENDING).limit(1)) is not None
+    return session.scalar(select(OutboxEntry.id).where(
+        OutboxEntry.link_id == link.id, outbox.to_bitbucket(OutboxKind.FIELDS),
+        OutboxEntry.state == OutboxState.PENDING).limit(1)) is not None
 
 
 def _set_shadow(session: Session, link_id: int, name: str, row: Shadow | None, bitbucket_value,
@@ -259,7 +220,7 @@ def _set_shadow(session: Session, link_id: int, name: str, row: Shadow | None, b
         row.bitbucket_at = bitbucket_at
 
 
-def give_up(session: Session, conn: Connection, link: Link, rows: list[OutgoingChange], reason: str) -> None:
+def give_up(session: Session, conn: Connection, link: Link, rows: list[OutboxEntry], reason: str) -> None:
     for r in rows:
         r.state, r.error = OutboxState.FAILED, reason
     ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.FAILED,
@@ -270,7 +231,7 @@ def fail(session: Session, link_id: int, outbox_ids: list[int], reason: str, *, 
     """Record a failed push; permanent failures stop retrying (the rows stay for a replay). The
     claim is given back: the write may have reached Bitbucket, so the rows stay `sending` and
     the next attempt resumes them (it looks for the marker first)."""
-    rows = list(session.scalars(select(OutgoingChange).where(OutgoingChange.id.in_(outbox_ids))))
+    rows = list(session.scalars(select(OutboxEntry).where(OutboxEntry.id.in_(outbox_ids))))
     for r in rows:
         r.error, r.claimed_until, r.claimed_by = reason[:2000], None, None
         if permanent:
@@ -287,15 +248,3 @@ def mark_tracker_removed(session: Session, connection_id: int) -> None:
         ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.FAILED,
                       detail="Bitbucket answered 410 Gone: the issue tracker was removed. Sync to "
                              "Bitbucket stops for this connection; all data held here is kept.")
-
-
-def release(session: Session, claimed: dict[int, int], written: set[int]) -> None:
-    """Give back this attempt's claims (outbox id -> its attempt number) on rows it will not
-    finish: those it may have written (`written`) stay `sending`, so the next attempt resumes
-    them (looking for the marker first); the others wait as `pending`. A row another attempt
-    took over meanwhile is left to it."""
-    for r in session.scalars(select(OutgoingChange).where(OutgoingChange.id.in_(list(claimed)))):
-        if r.state == OutboxState.SENDING and r.attempts == claimed[r.id]:
-            r.claimed_until = r.claimed_by = None
-            if r.id not in written:
-                r.state = OutboxState.PENDING

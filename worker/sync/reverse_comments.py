@@ -13,11 +13,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker import ledger
-from worker.db.models import CommentLink, Connection, Link, OutgoingChange, utcnow
+from worker.db.models import CommentLink, Connection, Link, OutboxEntry, utcnow
 from worker.engine.markers import comment_marker
-from worker.engine.states import OUTBOX_OPEN, OutboxState, Outcome
+from worker.engine.states import OUTBOX_OPEN, OutboxKind, OutboxState, Outcome
 from worker.sync import claims
-from worker.sync.reverse import DIRECTION, give_up, held
+from worker.sync.outbox import held, to_bitbucket
+from worker.sync.reverse import DIRECTION, give_up
 from worker.targets import side_for
 from worker.targets.side import Comment
 
@@ -29,7 +30,7 @@ class CommentPush:
     outbox_id: int
     repo: str
     issue_id: int
-    ticket_comment_id: int
+    note_id: str  # the helpdesk comment being copied
     body: str
     resume: bool  # a previous attempt may have posted it: look for our marker first
     attempt: int  # this attempt's number on the outbox row: the claim's token
@@ -47,8 +48,8 @@ def record_ticket_comment(session: Session, comment: Comment) -> list[int]:
                           field="comment", link_id=link.id, actor=comment.author,
                           detail=f"internal note {comment.id} kept in the helpdesk")
             continue
-        session.add(OutgoingChange(connection_id=conn.id, link_id=link.id, kind="comment",
-                                   ticket_comment_id=int(comment.id), actor=comment.author))
+        session.add(OutboxEntry(connection_id=conn.id, link_id=link.id, kind=OutboxKind.COMMENT,
+                                note_id=comment.id, actor=comment.author))
         queued.append(link.id)
     return queued
 
@@ -63,9 +64,9 @@ def plan_comments(session: Session, link_id: int) -> list[CommentPush]:
     if link is None:
         return []
     conn = session.get(Connection, link.connection_id)
-    rows = list(session.scalars(select(OutgoingChange).where(
-        OutgoingChange.link_id == link.id, OutgoingChange.kind == "comment",
-        OutgoingChange.state.in_(OUTBOX_OPEN)).order_by(OutgoingChange.id)))
+    rows = list(session.scalars(select(OutboxEntry).where(
+        OutboxEntry.link_id == link.id, to_bitbucket(OutboxKind.COMMENT),
+        OutboxEntry.state.in_(OUTBOX_OPEN)).order_by(OutboxEntry.id)))
     if rows and conn.tracker_removed_at is not None:
         give_up(session, conn, link, rows, "the repository's issue tracker was removed (410)")
         return []
@@ -76,13 +77,13 @@ def plan_comments(session: Session, link_id: int) -> list[CommentPush]:
     plans = []
     for r in rows:
         done = session.scalar(select(CommentLink.id).where(
-            CommentLink.link_id == link.id, CommentLink.target_comment_id == str(r.ticket_comment_id)))
+            CommentLink.link_id == link.id, CommentLink.target_comment_id == r.note_id))
         if done is not None:
             r.state, r.sent_at = OutboxState.SENT, utcnow()
             continue
-        comment = side_for(session, conn.target).get_comment(str(r.ticket_comment_id))
+        comment = side_for(session, conn.target).get_comment(r.note_id)
         plans.append(CommentPush(conn.id, conn.name, link.id, r.id, link.bitbucket_repo,
-                                 link.bitbucket_issue_id, int(comment.id), format_comment(conn.name, comment),
+                                 link.bitbucket_issue_id, comment.id, format_comment(conn.name, comment),
                                  resume=r.state == OutboxState.SENDING, attempt=r.attempts + 1))
         r.state, r.attempts = OutboxState.SENDING, r.attempts + 1
         r.claimed_until, r.claimed_by = claimed_until, holder
@@ -94,8 +95,8 @@ def finish_comment(session: Session, push: CommentPush, bitbucket_comment: dict)
         CommentLink.link_id == push.link_id, CommentLink.bitbucket_comment_id == bitbucket_comment["id"]))
     if exists is None:
         session.add(CommentLink(link_id=push.link_id, bitbucket_comment_id=bitbucket_comment["id"],
-                                target_comment_id=str(push.ticket_comment_id)))
-    row = session.get(OutgoingChange, push.outbox_id)
+                                target_comment_id=push.note_id))
+    row = session.get(OutboxEntry, push.outbox_id)
     if row.state == OutboxState.SENT:
         return  # an attempt that took over our lapsed claim found this post and recorded it
     row.state, row.sent_at, row.error = OutboxState.SENT, utcnow(), None
@@ -103,5 +104,5 @@ def finish_comment(session: Session, push: CommentPush, bitbucket_comment: dict)
     ledger.record(session, connection_id=push.connection_id, direction=DIRECTION, outcome=Outcome.APPLIED,
                   field="comment", link_id=push.link_id, actor=row.actor,
                   new_value=str(bitbucket_comment["id"]),
-                  detail=f"helpdesk comment {push.ticket_comment_id} posted as Bitbucket comment "
+                  detail=f"helpdesk comment {push.note_id} posted as Bitbucket comment "
                          f"{bitbucket_comment['id']}")

@@ -70,8 +70,13 @@ class Side(Protocol):
     def read(self, item_id: str) -> Item:
         """The item's synced fields; LookupError if there is no such item."""
 
-    def create(self, fields: Mapping[str, str | None], reporter: str | None) -> str:
-        """A new item; returns its id."""
+    def create(self, fields: Mapping[str, str | None], reporter: str | None, *,
+               key: str | None = None) -> str:
+        """A new item; returns its id. A remote side stores `key` with the item (Zendesk's
+        `external_id`), so that a create whose answer was lost is found by `find`."""
+
+    def find(self, key: str) -> str | None:
+        """The item created with this key, if any."""
 
     def apply(self, item_id: str, changes: Mapping[str, str | None], *,
               expected_version: str | None = None) -> None:

@@ -4,6 +4,7 @@ the order it wants, to pin down races (the echo that beats our commit, a crash b
 remote write and the local commit)."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -18,7 +19,7 @@ from worker import connections
 from worker.bitbucket.client import BitbucketClient
 from worker.bitbucket.auth import ApiTokenAuth
 from worker.bitbucket.credentials import parse_api_token
-from worker.db.models import Delivery, OutgoingChange, utcnow
+from worker.db.models import Delivery, OutboxEntry, utcnow
 from worker.db.session import transaction
 from worker.sync import forward
 
@@ -53,11 +54,19 @@ class Harness:
         return self.client
 
 
+def in_thread(fn) -> tuple[threading.Thread, list]:
+    """Run `fn` on a thread (another worker, as far as the code under test can tell)."""
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(fn()), daemon=True)
+    thread.start()
+    return thread, result
+
+
 def let_claims_lapse() -> int:
     """What the passing of `claims.CLAIM` does to the claims of a worker that died: they
     expire. Returns how many there were."""
     with transaction() as session:
-        return session.execute(update(OutgoingChange).where(OutgoingChange.claimed_until.is_not(None))
+        return session.execute(update(OutboxEntry).where(OutboxEntry.claimed_until.is_not(None))
                                .values(claimed_until=utcnow() - timedelta(seconds=1))).rowcount
 
 

@@ -22,7 +22,10 @@ class FakeStore:
     comments: dict[str, Comment] = field(default_factory=dict)
     files: dict[str, list[Attachment]] = field(default_factory=dict)
     closed: set[str] = field(default_factory=set)
-    failures: list[str] = field(default_factory=list)   # "conflict" | "timeout", for the next writes
+    keys: dict[str, str] = field(default_factory=dict)  # create key -> item id
+    # For the next writes: "conflict", "timeout" (refused before writing), "lost" (written, but
+    # the answer never arrives: the caller sees a timeout).
+    failures: list[str] = field(default_factory=list)
     calls: list[tuple] = field(default_factory=list)
     ids: itertools.count = field(default_factory=lambda: itertools.count(9001))
     clock: datetime = datetime(2026, 12, 1, tzinfo=timezone.utc)
@@ -47,15 +50,25 @@ class FakeSide:
     def __init__(self, store: FakeStore):
         self.store = store
 
-    def _write(self, item_id: str | None, what: str) -> None:
+    def _write(self, item_id: str | None, what: str) -> bool:
+        """Fail as asked before writing; True if the answer to this write is to be lost."""
         self.store.calls.append((what, item_id))
         if item_id is not None and item_id in self.store.closed:
             raise ItemClosed(f"item {item_id} is closed")
         if self.store.failures:
             failure = self.store.failures.pop(0)
+            if failure == "lost":
+                return True
             if failure == "timeout":
                 raise Unavailable(f"no answer from the helpdesk ({what})")
             raise VersionConflict(f"item {item_id} changed")
+        return False
+
+    @staticmethod
+    def _answer(lost: bool, value=None):
+        if lost:
+            raise Unavailable("the write was made, but its answer never arrived")
+        return value
 
     def read(self, item_id: str) -> Item:
         try:
@@ -63,27 +76,34 @@ class FakeSide:
         except KeyError:
             raise LookupError(f"item {item_id} does not exist") from None
 
-    def create(self, fields: Mapping[str, str | None], reporter: str | None) -> str:
-        self._write(None, "create")
+    def create(self, fields: Mapping[str, str | None], reporter: str | None, *,
+               key: str | None = None) -> str:
+        lost = self._write(None, "create")
         item_id = str(next(self.store.ids))
+        if key is not None:
+            self.store.keys[key] = item_id
         self.store.items[item_id] = Item(item_id, {f: fields.get(f) for f in SYNCED_FIELDS},
                                          self.store.tick(), reporter, "1")
-        return item_id
+        return self._answer(lost, item_id)
+
+    def find(self, key: str) -> str | None:
+        return self.store.keys.get(key)
 
     def apply(self, item_id: str, changes: Mapping[str, str | None], *,
               expected_version: str | None = None) -> None:
         if not changes:
             return
-        self._write(item_id, "apply")
+        lost = self._write(item_id, "apply")
         if expected_version is not None and self.read(item_id).version != expected_version:
             raise VersionConflict(f"item {item_id} is at version {self.read(item_id).version}")
         self.store.edit(item_id, **changes)
+        self._answer(lost)
 
     def add_comment(self, item_id: str, body: str, *, internal: bool, author: str | None) -> str:
-        self._write(item_id, "add_comment")
+        lost = self._write(item_id, "add_comment")
         comment_id = str(next(self.store.ids))
         self.store.comments[comment_id] = Comment(comment_id, item_id, body, internal, author, self.store.tick())
-        return comment_id
+        return self._answer(lost, comment_id)
 
     def get_comment(self, comment_id: str) -> Comment | None:
         return self.store.comments.get(comment_id)
@@ -105,3 +125,10 @@ class FakeSide:
     def changed_since(self, since: datetime | None, limit: int = 100) -> list[Item]:
         items = sorted(self.store.items.values(), key=lambda i: (i.updated_at, i.id))
         return [i for i in items if since is None or i.updated_at >= since][:limit]
+
+
+class RemoteFakeSide(FakeSide):
+    """The same helpdesk reached over a network (as Zendesk is): its writes cannot commit with
+    the ledger, so the sync sends them through the outbox."""
+    name = "remote"
+    writes_with_ledger = False

@@ -12,17 +12,17 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from simulator.app import create_app as create_simulator
-from tests.worker.sync.conftest import REPO, SIM, TOKEN, let_claims_lapse
+from tests.worker.sync.conftest import REPO, SIM, TOKEN, in_thread, let_claims_lapse
 from worker.bitbucket.auth import ApiTokenAuth
 from worker.bitbucket.client import BitbucketClient
 from worker.bitbucket.credentials import parse_api_token
 from worker.bitbucket.errors import BitbucketError
 from worker import ledger
 from worker.db.helpdesk import Ticket, TicketComment
-from worker.db.models import CommentLink, Connection, LedgerEntry, Link, OutgoingChange, Shadow, utcnow
+from worker.db.models import CommentLink, Connection, LedgerEntry, Link, OutboxEntry, Shadow, utcnow
 from worker.db.session import transaction
 from worker.engine.markers import ticket_marker
-from worker.sync import claims, escalate, push, reverse, reverse_comments
+from worker.sync import claims, escalate, outbox, push, reverse, reverse_comments
 
 
 def _new_linked_ticket(h) -> tuple[dict, dict]:
@@ -59,8 +59,8 @@ def test_echo_that_arrives_before_our_commit_changes_nothing(harness):
         again = reverse.finish_fields(session, plan, {"created_on": issue["updated_on"]})
     assert again is False
     with transaction() as session:
-        pending = session.scalar(select(func.count()).select_from(OutgoingChange).where(
-            OutgoingChange.state.in_(("pending", "sending"))))
+        pending = session.scalar(select(func.count()).select_from(OutboxEntry).where(
+            OutboxEntry.state.in_(("pending", "sending"))))
     assert pending == 0
     remote = h.api("GET", f"/issues/{issue['id']}")
     assert (remote["state"], remote["priority"]) == ("resolved", "critical")
@@ -129,7 +129,7 @@ def test_escalation_meeting_the_link_its_webhook_made_after_its_look_takes_that_
         conn = session.get(Connection, made.connection_id)
         linked = select(Link).where(Link.connection_id == conn.id, Link.target_id == str(ticket["id"]))
         found = escalate._insert_link(session, linked, conn, session.get(Ticket, ticket["id"]),
-                                      escalate.Request(ticket_id=ticket["id"], repo=REPO), issue, None)
+                                      REPO, issue, None)
         assert found.id == made.id
         ledger.record(session, connection_id=conn.id, direction="reverse", outcome="applied",
                       link_id=found.id, detail="the transaction goes on after the clash")
@@ -147,7 +147,7 @@ def test_an_escalation_link_clashing_with_another_tickets_link_is_an_error(harne
         linked = select(Link).where(Link.connection_id == conn.id, Link.target_id == str(other["id"]))
         with pytest.raises(IntegrityError):  # the issue is already linked to the first ticket
             escalate._insert_link(session, linked, conn, session.get(Ticket, other["id"]),
-                                  escalate.Request(ticket_id=other["id"], repo=REPO), issue, None)
+                                  REPO, issue, None)
 
 
 class HeldWrite(httpx2.BaseTransport):
@@ -171,20 +171,13 @@ def _held_client(h, suffix: str) -> tuple[BitbucketClient, HeldWrite]:
                            sleep=lambda s: None), held
 
 
-def _in_thread(fn) -> tuple[threading.Thread, list]:
-    result: list = []
-    thread = threading.Thread(target=lambda: result.append(fn()), daemon=True)
-    thread.start()
-    return thread, result
-
-
 def test_a_push_overlapping_another_of_the_same_link_never_posts_its_reply_again(harness):
     h = harness
     issue, ticket = _new_linked_ticket(h)
     comments_url = f"/api/tickets/{ticket['id']}/comments"
     assert h.web.post(comments_url, json={"body": "We are on it.", "author": "Ana"}).status_code == 201
     client, held = _held_client(h, "/comments")
-    first, first_result = _in_thread(lambda: push.push_link(1, client_factory=lambda _c: client))
+    first, first_result = in_thread(lambda: push.push_link(1, client_factory=lambda _c: client))
     assert held.inside.wait(10)
 
     # While the first push is inside its POST, the agent replies again and that reply's push
@@ -192,7 +185,7 @@ def test_a_push_overlapping_another_of_the_same_link_never_posts_its_reply_again
     assert h.web.post(comments_url, json={"body": "Fix deployed.", "author": "Ana"}).status_code == 201
     assert push.push_link(1, client_factory=h.client_factory) == "nothing to push"
     with transaction() as session:
-        states = dict(session.execute(select(OutgoingChange.ticket_comment_id, OutgoingChange.state)).all())
+        states = dict(session.execute(select(OutboxEntry.note_id, OutboxEntry.state)).all())
     assert sorted(states.values()) == ["pending", "sending"]
 
     held.gate.set()
@@ -203,7 +196,7 @@ def test_a_push_overlapping_another_of_the_same_link_never_posts_its_reply_again
               if c["content"]["raw"]]
     assert [b.split("\n")[0] for b in bodies] == ["We are on it.", "Fix deployed."]
     with transaction() as session:
-        rows = list(session.scalars(select(OutgoingChange).where(OutgoingChange.kind == "comment")))
+        rows = list(session.scalars(select(OutboxEntry).where(OutboxEntry.kind == "comment")))
         assert [(r.state, r.claimed_until, r.attempts) for r in rows] == [("sent", None, 1)] * 2
         assert session.scalar(select(func.count()).select_from(CommentLink)) == 2
     client.close()
@@ -214,7 +207,7 @@ def test_a_push_overlapping_another_leaves_the_fields_to_it_and_the_holder_write
     issue, ticket = _new_linked_ticket(h)
     assert h.web.patch(f"/api/tickets/{ticket['id']}", json={"status": "open"}).status_code == 200
     client, held = _held_client(h, "/changes")
-    first, first_result = _in_thread(lambda: push.push_link(1, client_factory=lambda _c: client))
+    first, first_result = in_thread(lambda: push.push_link(1, client_factory=lambda _c: client))
     assert held.inside.wait(10)
 
     assert h.web.patch(f"/api/tickets/{ticket['id']}", json={"priority": "urgent"}).status_code == 200
@@ -240,7 +233,7 @@ def test_a_failed_comment_gives_its_claims_back_so_the_retry_resumes_at_once(har
     with pytest.raises(BitbucketError):
         push.push_link(1, client_factory=h.client_factory)  # the task would retry
     with transaction() as session:
-        rows = list(session.scalars(select(OutgoingChange).order_by(OutgoingChange.id)))
+        rows = list(session.scalars(select(OutboxEntry).order_by(OutboxEntry.id)))
     # The first may have reached Bitbucket (a 503 can follow a write): it is resumed with a
     # look for its marker; the second was never tried: it waits as it did. No claim is left.
     assert [(r.state, r.claimed_until) for r in rows] == [("sending", None), ("pending", None)]
@@ -255,10 +248,10 @@ def test_a_crashed_pushs_claim_keeps_others_off_until_it_lapses_then_the_sweeper
     h.web.post(f"/api/tickets/{ticket['id']}/comments", json={"body": "Looking.", "author": "Ana"})
     with transaction() as session:
         [item] = reverse_comments.plan_comments(session, 1)  # ... and the worker is killed in its POST
-        assert reverse.waiting_links(session, utcnow()) == []  # held: the sweeper leaves it
+        assert outbox.waiting_links(session, utcnow()) == []  # held: the sweeper leaves it
     let_claims_lapse()
     with transaction() as session:
-        assert reverse.waiting_links(session, utcnow()) == [1]
+        assert outbox.waiting_links(session, utcnow()) == [1]
     assert "posted" in push.push_link(1, client_factory=h.client_factory)
     assert len([c for c in h.api("GET", f"/issues/{issue['id']}/comments")["values"]
                 if c["content"]["raw"]]) == 1
@@ -293,7 +286,7 @@ def test_a_claim_whose_process_died_is_taken_over_at_once_on_the_same_host(harne
     h.web.post(f"/api/tickets/{ticket['id']}/comments", json={"body": "Looking.", "author": "Ana"})
     _plan_in_a_process_that_dies(1)
     with transaction() as session:
-        row = session.scalar(select(OutgoingChange))
+        row = session.scalar(select(OutboxEntry))
         assert row.state == "sending" and claims.is_live(row.claimed_until) and claims.holder_gone(row.claimed_by)
     # No waiting for the claim to lapse: the next attempt resumes it (marker first) ...
     assert "posted" in push.push_link(1, client_factory=h.client_factory)
@@ -306,13 +299,13 @@ def test_the_sweeper_gives_back_a_dead_processs_claims_and_queues_their_links(ha
     h.web.post(f"/api/tickets/{ticket['id']}/comments", json={"body": "Looking.", "author": "Ana"})
     _plan_in_a_process_that_dies(1)
     with transaction() as session:
-        assert reverse.waiting_links(session, utcnow()) == []  # a live claim, as far as SQL can tell
-        assert reverse.release_dead_claims(session) == [1]
+        assert outbox.waiting_links(session, utcnow()) == []  # a live claim, as far as SQL can tell
+        assert outbox.release_dead_claims(session) == [1]
     with transaction() as session:
-        row = session.scalar(select(OutgoingChange))
+        row = session.scalar(select(OutboxEntry))
         assert (row.state, row.claimed_until, row.claimed_by) == ("sending", None, None)  # resumed, marker first
-        assert reverse.waiting_links(session, utcnow()) == [1]
-        assert reverse.release_dead_claims(session) == []
+        assert outbox.waiting_links(session, utcnow()) == [1]
+        assert outbox.release_dead_claims(session) == []
 
 
 def test_a_live_processs_claim_is_never_taken_over_before_it_lapses(harness):
@@ -321,9 +314,9 @@ def test_a_live_processs_claim_is_never_taken_over_before_it_lapses(harness):
     h.web.post(f"/api/tickets/{ticket['id']}/comments", json={"body": "Looking.", "author": "Ana"})
     with transaction() as session:
         reverse_comments.plan_comments(session, 1)  # this process: alive, still "posting"
-        assert reverse.release_dead_claims(session) == []
+        assert outbox.release_dead_claims(session) == []
     with transaction() as session:
-        row = session.scalar(select(OutgoingChange))
+        row = session.scalar(select(OutboxEntry))
         assert row.claimed_by == claims.holder()
         # Another host's claim, or one from before holders were named, cannot be judged: alive.
         for other in ("elsewhere:1:1", None):

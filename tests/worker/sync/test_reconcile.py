@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from worker import connections
 from worker.bitbucket.errors import ServerError
 from worker.db.helpdesk import Ticket, TicketComment
-from worker.db.models import Base, CommentLink, Connection, ConnectionRepo, Delivery, LedgerEntry, Link, OutgoingChange
+from worker.db.models import Base, CommentLink, Connection, ConnectionRepo, Delivery, LedgerEntry, Link, OutboxEntry
 from worker.db.session import get_engine, transaction
 from worker.db.watermarks import BackfillCursor, ReconcileWatermark
 from worker.sync import push
@@ -384,7 +384,7 @@ def test_stuck_outbox_rows_are_reported_for_requeueing(h):
     assert h.web.patch(f"/api/tickets/{ticket.id}", json={"priority": "high"}).status_code == 200
     assert reconcile(h).stuck_links == []  # young: its task is surely on its way
     with transaction() as session:
-        row = session.scalars(select(OutgoingChange)).one()
+        row = session.scalars(select(OutboxEntry)).one()
         row.created_at -= timedelta(hours=1)
         link_id = row.link_id
     assert reconcile(h).stuck_links == [link_id]

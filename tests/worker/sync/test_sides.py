@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from tests.worker.sync.fake_side import FakeSide, FakeStore
+from tests.worker.sync.fake_side import FakeSide, FakeStore, RemoteFakeSide
 from worker import targets
 from worker.db.models import Conflict, Connection, Delivery, LedgerEntry, Link
 from worker.db.session import transaction
@@ -23,6 +23,8 @@ class Helpdesk:
         self.h, self.kind, self.store = h, kind, store
 
     def item(self, issue_id: int):
+        if self.kind == "remote":  # its writes wait in the outbox until a push sends them
+            _push_all(self.h)
         with transaction() as session:
             link = session.scalar(select(Link).where(Link.bitbucket_issue_id == issue_id))
             return side_for(session, self.kind).read(link.target_id), link.id
@@ -54,12 +56,13 @@ class Helpdesk:
 def _desk(kind: str, harness, monkeypatch) -> Helpdesk:
     store = FakeStore()
     monkeypatch.setitem(targets.SIDES, "fake", lambda _session: FakeSide(store))
+    monkeypatch.setitem(targets.SIDES, "remote", lambda _session: RemoteFakeSide(store))
     with transaction() as session:
         session.scalar(select(Connection)).target = kind
     return Helpdesk(harness, kind, store)
 
 
-@pytest.fixture(params=["local", "fake"])
+@pytest.fixture(params=["local", "fake", "remote"])
 def desk(request, harness, monkeypatch) -> Helpdesk:
     return _desk(request.param, harness, monkeypatch)
 

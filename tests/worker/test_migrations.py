@@ -1,0 +1,47 @@
+"""The migrations build exactly the schema the models declare, on both backends, and the outbox
+migration carries the rows it renames."""
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, text
+
+from config.settings import get_settings
+from tests.webhooks.conftest import postgres_db  # noqa: F401  (a fixture)
+from worker.db import migrate
+from worker.db.schema import Base
+
+
+def _drift(url: str) -> list:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": False}), Base.metadata)
+    finally:
+        engine.dispose()
+    return diff
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_migrated_schema_is_the_models_schema(backend, request):
+    request.getfixturevalue("db" if backend == "sqlite" else "postgres_db")
+    assert _drift(get_settings().database_url) == []
+
+
+def test_the_outbox_migration_keeps_each_waiting_write_as_a_write_to_bitbucket(settings_env):
+    migrate.upgrade(revision="c404b0be1142")
+    engine = create_engine(get_settings().database_url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO connections (id, name, target, api_url, push_internal_notes, created_at, "
+                          "updated_at) VALUES (1, 'acme', 'local', 'https://api.bitbucket.org/2.0', 0, "
+                          "'2026-12-01', '2026-12-01')"))
+        conn.execute(text("INSERT INTO links (id, connection_id, bitbucket_repo, bitbucket_issue_id, target_id, "
+                          "created_at) VALUES (1, 1, 'acme/widgets', 7, '3', '2026-12-01')"))
+        conn.execute(text("INSERT INTO outgoing_changes (id, connection_id, link_id, kind, ticket_comment_id, "
+                          "state, attempts, created_at) VALUES (5, 1, 1, 'comment', 42, 'pending', 0, '2026-12-01')"))
+    migrate.upgrade()
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT side, kind, note_id, state FROM outbox WHERE id = 5")).one()
+    engine.dispose()
+    assert tuple(row) == ("bitbucket", "comment", "42", "pending")
