@@ -59,7 +59,7 @@ def _escalated(tw: TwoWay, ticket_id: int, timeout: float = 60.0) -> dict:
 
 
 def _escalations(tw: TwoWay, ticket_id: int) -> int:
-    return tw.running.scalar("select count(*) from escalations where ticket_id = :t", t=ticket_id)
+    return tw.running.scalar("select count(*) from escalations where item_id = :t", t=str(ticket_id))
 
 
 def test_escalation_creates_one_issue_with_context_and_attachments(tw):

@@ -29,7 +29,7 @@ def test_the_migrated_schema_is_the_models_schema(backend, request):
     assert _drift(get_settings().database_url) == []
 
 
-def test_the_outbox_migration_keeps_each_waiting_write_as_a_write_to_bitbucket(settings_env):
+def test_the_outbox_migration_keeps_each_waiting_write_and_escalation(settings_env):
     migrate.upgrade(revision="c404b0be1142")
     engine = create_engine(get_settings().database_url)
     with engine.begin() as conn:
@@ -40,8 +40,16 @@ def test_the_outbox_migration_keeps_each_waiting_write_as_a_write_to_bitbucket(s
                           "created_at) VALUES (1, 1, 'acme/widgets', 7, '3', '2026-12-01')"))
         conn.execute(text("INSERT INTO outgoing_changes (id, connection_id, link_id, kind, ticket_comment_id, "
                           "state, attempts, created_at) VALUES (5, 1, 1, 'comment', 42, 'pending', 0, '2026-12-01')"))
+        conn.execute(text("INSERT INTO tickets (id, title, description, status, priority, type, created_at, "
+                          "updated_at) VALUES (3, 't', '', 'open', 'normal', 'problem', '2026-12-01', '2026-12-01')"))
+        conn.execute(text("INSERT INTO escalations (id, connection_id, ticket_id, repo, options, state, "
+                          "created_at, updated_at) VALUES (2, 1, 3, 'acme/widgets', '{}', 'creating', "
+                          "'2026-12-01', '2026-12-01')"))
     migrate.upgrade()
     with engine.connect() as conn:
         row = conn.execute(text("SELECT side, kind, note_id, state FROM outbox WHERE id = 5")).one()
+        escalation = conn.execute(text("SELECT item_id, state FROM escalations WHERE id = 2")).one()
+        link = conn.execute(text("SELECT target_id FROM links WHERE id = 1")).one()
     engine.dispose()
     assert tuple(row) == ("bitbucket", "comment", "42", "pending")
+    assert tuple(escalation) == ("3", "creating") and tuple(link) == ("3",)

@@ -1,8 +1,7 @@
 """The built-in helpdesk's own tables (tickets, ticket_comments, ticket_attachments): the default
 target of a connection. Only the helpdesk side (worker/targets/local.py) and its REST API
-(webhooks/tickets.py) use them; the sync runner reaches the helpdesk through the Side interface.
-Other tables name `tickets` only in foreign keys (escalations.ticket_id), which resolve because
-worker.db.schema imports this module."""
+(webhooks/tickets.py) use them; the sync runner reaches the helpdesk through the Side interface,
+and no other table refers to them (links and escalations name an item by the side's own id)."""
 from __future__ import annotations
 
 from datetime import datetime

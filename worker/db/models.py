@@ -245,15 +245,15 @@ class OutboxEntry(Base):
 
 
 class Escalation(Base):
-    """A helpdesk ticket being turned into a Bitbucket issue: one per ticket and connection."""
+    """A helpdesk ticket (an item of the connection's target side) being turned into a
+    Bitbucket issue: one per ticket and connection."""
 
     __tablename__ = "escalations"
-    __table_args__ = (UniqueConstraint("connection_id", "ticket_id", name="uq_escalation_ticket"),)
+    __table_args__ = (UniqueConstraint("connection_id", "item_id", name="uq_escalation_item"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))
-    # tickets is in worker.db.helpdesk: named by table, resolved once worker.db.schema is loaded.
-    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    item_id: Mapped[str] = mapped_column(String(64))  # the ticket, as the target side names it
     repo: Mapped[str] = mapped_column(String(255))
     options: Mapped[dict] = mapped_column(JSON, default=dict)
     state: Mapped[str] = mapped_column(String(16), default="creating")  # creating | done | failed

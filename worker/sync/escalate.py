@@ -48,7 +48,7 @@ class _Claimed:
     connection_id: int
     connection: str
     repo: str
-    ticket_id: int
+    item_id: str
     token: datetime  # the claim's expiry, as written: renewing it checks it is still ours
 
 
@@ -149,13 +149,13 @@ def _claim(escalation_id: int) -> _Claimed | Result | None:
                                      (Escalation.claimed_until < now))
             .values(claimed_until=token)).rowcount  # the last error stays shown until it is done
         if not claimed:
-            raise claims.Held(f"escalation {esc.id} of ticket {esc.ticket_id} is being run by another attempt")
-        return _Claimed(esc.id, conn.id, conn.name, esc.repo, esc.ticket_id, token)
+            raise claims.Held(f"escalation {esc.id} of ticket {esc.item_id} is being run by another attempt")
+        return _Claimed(esc.id, conn.id, conn.name, esc.repo, esc.item_id, token)
 
 
 def _done(session: Session, conn: Connection, esc: Escalation) -> Result:
     link = session.scalar(select(Link).where(Link.connection_id == conn.id,
-                                             Link.target_id == str(esc.ticket_id)))
+                                             Link.target_id == esc.item_id))
     if link is None:
         return Result(conn.name, esc.repo, esc.bitbucket_issue_id, None, False)
     return Result(conn.name, link.bitbucket_repo, link.bitbucket_issue_id, link.bitbucket_url, False)
@@ -201,12 +201,12 @@ def _run(c: _Claimed, client, held: list) -> Result:
         esc = session.get(Escalation, c.escalation_id)
         conn = session.get(Connection, c.connection_id)
         side = side_for(session, conn.target)
-        body = _issue_body(side, conn, esc, side.read(str(esc.ticket_id)))
+        body = _issue_body(side, conn, esc, side.read(esc.item_id))
         issue_id = esc.bitbucket_issue_id
     issue = None
     if issue_id is None:
         # A previous attempt may have created it and died: look for our marker first.
-        token = ticket_search_token(c.connection, c.ticket_id)
+        token = ticket_search_token(c.connection, c.item_id)
         issue = next(iter(client.iter_issues(c.repo, q=f'content.raw ~ "{token}"')), None)
         if issue is None:
             _renew(c.escalation_id, held)
@@ -222,7 +222,7 @@ def _run(c: _Claimed, client, held: list) -> Result:
         todo = [n for n in esc.options.get("attachments", []) if n not in (esc.uploaded or [])]
         conn = session.get(Connection, c.connection_id)
         files = [(a.name, a.data, a.content_type)
-                 for a in side_for(session, conn.target).attachments(str(esc.ticket_id), todo)]
+                 for a in side_for(session, conn.target).attachments(esc.item_id, todo)]
     if files:
         _renew(c.escalation_id, held)
         client.upload_attachments(c.repo, issue_id, files, retry_unsafe=True)  # same name replaces
@@ -237,7 +237,7 @@ def _run(c: _Claimed, client, held: list) -> Result:
 def _link(session: Session, c: _Claimed, issue: dict) -> Result:
     esc = session.get(Escalation, c.escalation_id)
     conn = session.get(Connection, c.connection_id)
-    ticket = side_for(session, conn.target).read(str(esc.ticket_id))
+    ticket = side_for(session, conn.target).read(esc.item_id)
     url = ((issue.get("links") or {}).get("html") or {}).get("href")
     linked = select(Link).where(Link.connection_id == conn.id, Link.target_id == str(ticket.id))
     # The webhook of the new issue may have linked it already (forward._adopt_escalation).

@@ -87,13 +87,13 @@ def request_escalation(session: Session | None, req: Request) -> Result | Queued
 
 def for_ticket(session: Session, ticket_id: int) -> Escalation | None:
     """The ticket's latest escalation, if it was ever asked for."""
-    return session.scalar(select(Escalation).where(Escalation.ticket_id == ticket_id)
+    return session.scalar(select(Escalation).where(Escalation.item_id == str(ticket_id))
                           .order_by(Escalation.id.desc()).limit(1))
 
 
 def _find(session: Session, connection_id: int, ticket_id: int) -> Escalation | None:
     return session.scalar(select(Escalation).where(Escalation.connection_id == connection_id,
-                                                   Escalation.ticket_id == ticket_id))
+                                                   Escalation.item_id == str(ticket_id)))
 
 
 def _insert(session: Session, conn: Connection, req: Request) -> Escalation:
@@ -102,7 +102,7 @@ def _insert(session: Session, conn: Connection, req: Request) -> Escalation:
     committed, so the look after it finds the row (SQLite runs one writer at a time)."""
     try:
         with session.begin_nested():
-            esc = Escalation(connection_id=conn.id, ticket_id=req.ticket_id, repo=req.repo,
+            esc = Escalation(connection_id=conn.id, item_id=str(req.ticket_id), repo=req.repo,
                              state=EscalationState.CREATING,
                              options={"kind": req.kind, "include_comments": req.include_comments,
                                       "attachments": list(req.attachments), "actor": req.actor},
