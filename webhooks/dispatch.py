@@ -62,7 +62,7 @@ class Dispatcher:
         self._pid: int | None = None
         self._lock = threading.Lock()
 
-    def submit(self, task: str, arg: str | int) -> None:
+    def enqueue(self, task: str, arg: str | int) -> None:
         """Publish task(arg) soon; `task` is a job of worker.queue.task_names.BY_JOB."""
         self._ensure_thread()
         self._jobs.append((task, arg))
@@ -90,7 +90,7 @@ class Dispatcher:
             else:
                 while not self._jobs:
                     self._wake.wait()
-                    self._wake.clear()  # before looking again: a job submitted after it sets it anew
+                    self._wake.clear()  # before looking again: a job enqueued after it sets it anew
                 time.sleep(max(0.0, last_publish + self._batch_interval - time.monotonic()))
                 jobs = self._take_until(None)
             last_publish = time.monotonic()

@@ -22,8 +22,9 @@ def sessions():
     return current_app.extensions["bbsync"].sessions
 
 
-def dispatch(task: str, arg: str | int) -> None:
-    current_app.extensions["bbsync"].dispatcher.submit(task, arg)
+def enqueue(task: str, arg: str | int) -> None:
+    """Hand task(arg) to the queue (through this process's publishing thread)."""
+    current_app.extensions["bbsync"].dispatcher.enqueue(task, arg)
 
 
 def positive_int(raw: str | None, name: str) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 from sqlalchemy import func, select
 
-from webhooks.http import (BadInput, actor_header, dispatch, error, json_body, limit_param, positive_int,
+from webhooks.http import (BadInput, actor_header, enqueue, error, json_body, limit_param, positive_int,
                            sessions, text_field)
 from worker import connections, ledger
 from worker.db.models import Delivery
@@ -83,7 +83,7 @@ def act_on_delivery(delivery_id: str, action: str):
     except store.DeliveryError as exc:
         return error(409, str(exc))
     for i in ids:
-        dispatch("process_delivery", i)
+        enqueue("process_delivery", i)
     return jsonify({"delivery": delivery_id, "action": action, "queued": ids})
 
 
@@ -133,7 +133,7 @@ def resolve_conflict(conflict_id: int):
     except conflicts.ResolutionError as exc:
         return error(409 if "already" in str(exc) else 400, str(exc))
     if push is not None:
-        dispatch("push_link", push)
+        enqueue("push_link", push)
     with sessions()() as session:
         from worker.db.models import Conflict, Link
         c = session.get(Conflict, conflict_id)

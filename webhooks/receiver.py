@@ -113,7 +113,7 @@ def receive(name: str):
     delivery_id, fresh_row = _store(ext, environ, conn.id, request_uuid, event_key, body, ignored,
                                     issue_key(payload))
     if fresh_row and not ignored:
-        ext.dispatcher.submit("process_delivery", delivery_id)  # after commit: the task must find its row
+        ext.dispatcher.enqueue("process_delivery", delivery_id)  # after commit: the task must find its row
     log.info("webhook.%s connection=%s delivery=%s event=%s", "accepted" if fresh_row else "duplicate",
              name, delivery_id, event_key)
     # Written by hand, the same bytes jsonify would give: the id is our own 32 hex digits, and

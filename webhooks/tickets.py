@@ -11,7 +11,7 @@ from sqlalchemy import String, cast, select
 from sqlalchemy.orm import selectinload
 
 from config.enums import TARGET
-from webhooks.http import (BadInput, actor_header, dispatch, error, json_body, limit_param,
+from webhooks.http import (BadInput, actor_header, enqueue, error, json_body, limit_param,
                            positive_int, sessions, text_field, text_param)
 from worker import connections
 from worker.db.helpdesk import Ticket, TicketAttachment, TicketComment
@@ -155,7 +155,7 @@ def update_ticket(ticket_id: int):
             ticket.updated_at = utcnow()
         links = reverse.record_ticket_edit(session, ticket.id, changed, actor)
     for link_id in links:
-        dispatch("push_link", link_id)
+        enqueue("push_link", link_id)
     with sessions()() as session:
         ticket, link = _load(session, ticket_id)
         return jsonify(ticket_json(ticket, link))
@@ -179,7 +179,7 @@ def add_comment(ticket_id: int):
         result = {"id": comment.id, "body": comment.body, "internal": comment.internal,
                   "author": comment.author, "created_at": comment.created_at.isoformat()}
     for link_id in links:
-        dispatch("push_link", link_id)
+        enqueue("push_link", link_id)
     return jsonify(result), 201
 
 
@@ -253,7 +253,7 @@ def escalate(ticket_id: int):
     if isinstance(outcome, escalation.Result):
         return jsonify({"connection": outcome.connection, "repo": outcome.repo, "issue_id": outcome.issue_id,
                         "url": outcome.url, "created": outcome.created}), 200
-    dispatch("escalate", outcome.escalation_id)  # after the commit: the task must find its row
+    enqueue("escalate", outcome.escalation_id)  # after the commit: the task must find its row
     location = f"/api/tickets/{ticket_id}"
     return jsonify({"escalation": {"id": outcome.escalation_id, "state": outcome.state,
                                    "connection": outcome.connection, "repo": outcome.repo},

@@ -47,10 +47,10 @@ def test_jobs_that_pile_up_during_a_publish_go_out_together_in_order():
     broker = Broker()
     dispatcher = Dispatcher(broker, batch_interval=0)
     broker.hold.clear()
-    dispatcher.submit("process_delivery", "d0")
+    dispatcher.enqueue("process_delivery", "d0")
     assert broker.entered.wait(5)  # the thread is inside a publish: the next jobs queue up
     for i in range(1, 6):
-        dispatcher.submit("process_delivery", f"d{i}")
+        dispatcher.enqueue("process_delivery", f"d{i}")
     broker.hold.set()
     wait_for(lambda: len(broker.published) == 6)
     assert broker.published == [("process_delivery", f"d{i}") for i in range(6)]
@@ -61,10 +61,10 @@ def test_a_batch_is_cut_at_batch_max():
     broker = Broker()
     dispatcher = Dispatcher(broker, batch_max=3, batch_interval=0)
     broker.hold.clear()
-    dispatcher.submit("push_link", 0)
+    dispatcher.enqueue("push_link", 0)
     assert broker.entered.wait(5)
     for i in range(1, 8):
-        dispatcher.submit("push_link", i)
+        dispatcher.enqueue("push_link", i)
     broker.hold.set()
     wait_for(lambda: len(broker.published) == 8)
     assert [len(b) for b in broker.batches] == [1, 3, 3, 1]
@@ -74,10 +74,10 @@ def test_a_batch_is_cut_at_batch_max():
 def test_the_batch_interval_gathers_jobs_that_arrive_one_by_one():
     broker = Broker()
     dispatcher = Dispatcher(broker, batch_interval=0.3)
-    dispatcher.submit("process_delivery", "first")  # idle thread: published at once
+    dispatcher.enqueue("process_delivery", "first")  # idle thread: published at once
     wait_for(lambda: broker.calls == 1)
     for i in range(5):
-        dispatcher.submit("process_delivery", i)
+        dispatcher.enqueue("process_delivery", i)
         time.sleep(0.01)
     wait_for(lambda: len(broker.published) == 6)
     assert [len(b) for b in broker.batches] == [1, 5]
@@ -87,10 +87,10 @@ def test_a_broker_failing_mid_batch_parks_the_rest_and_publishes_it_later():
     broker = Broker()
     dispatcher = Dispatcher(broker, batch_interval=0, retry_first=0.1)
     broker.hold.clear()
-    dispatcher.submit("process_delivery", "a")
+    dispatcher.enqueue("process_delivery", "a")
     assert broker.entered.wait(5)
     for name in "bcde":
-        dispatcher.submit("process_delivery", name)
+        dispatcher.enqueue("process_delivery", name)
     # "b" and "c" are queued, then the broker goes away for two more tries, then comes back.
     broker.script = [None, 2, 0, 0]
     broker.hold.set()
@@ -104,11 +104,11 @@ def test_while_parked_new_jobs_wait_for_the_backoff_instead_of_hammering_the_bro
     broker = Broker()
     broker.accept = 0
     dispatcher = Dispatcher(broker, batch_interval=0, retry_first=0.5, retry_max=0.5)
-    dispatcher.submit("process_delivery", "x")
+    dispatcher.enqueue("process_delivery", "x")
     wait_for(lambda: broker.calls == 1)
     started = time.monotonic()
     for i in range(20):  # each would have triggered a retry (and its timeout) straight away
-        dispatcher.submit("process_delivery", i)
+        dispatcher.enqueue("process_delivery", i)
         time.sleep(0.01)
     broker.accept = None
     wait_for(lambda: len(broker.published) == 21)
@@ -121,7 +121,7 @@ def test_backoff_doubles_while_the_broker_stays_down():
     broker = Broker()
     broker.accept = 0
     dispatcher = Dispatcher(broker, batch_interval=0, retry_first=0.1, retry_max=10)
-    dispatcher.submit("process_delivery", "x")
+    dispatcher.enqueue("process_delivery", "x")
     wait_for(lambda: broker.calls == 4, timeout=5)  # tries at 0, 0.1, 0.3, 0.7 s
     time.sleep(0.5)
     assert broker.calls == 4  # the next one is due at 1.5 s
@@ -138,9 +138,9 @@ def test_a_publish_that_raises_parks_its_jobs_and_the_thread_lives_on(caplog):
         return broker(jobs)
 
     dispatcher = Dispatcher(publish, batch_interval=0, retry_first=0.05, retry_max=0.05)
-    dispatcher.submit("process_delivery", "x")
+    dispatcher.enqueue("process_delivery", "x")
     wait_for(lambda: broker.published == [("process_delivery", "x")])
-    dispatcher.submit("process_delivery", "y")
+    dispatcher.enqueue("process_delivery", "y")
     wait_for(lambda: broker.published[-1:] == [("process_delivery", "y")])
     assert "webhook.enqueue_raised jobs=1 error=KeyError" in caplog.text
     assert "secret" not in caplog.text

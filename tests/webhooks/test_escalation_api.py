@@ -24,7 +24,7 @@ from worker.sync import claims, escalate
 def queued(harness, monkeypatch):  # noqa: F811 - the fixture imported above
     """The jobs the web app queues, recorded instead of published."""
     jobs: list[tuple[str, int]] = []
-    monkeypatch.setattr(tickets, "dispatch", lambda task, arg: jobs.append((task, arg)))
+    monkeypatch.setattr(tickets, "enqueue", lambda task, arg: jobs.append((task, arg)))
     return jobs
 
 
