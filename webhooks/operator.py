@@ -6,7 +6,8 @@ from sqlalchemy import func, select
 
 from webhooks.http import (BadInput, actor_header, enqueue, error, json_body, limit_param, positive_int,
                            sessions, text_field)
-from worker import connections, ledger
+from worker import connections
+from worker.db import ledger
 from worker.db.models import Delivery
 from worker.engine.events import MAX_ID
 from worker.engine.states import ConflictState, DeliveryStatus

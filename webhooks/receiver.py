@@ -15,7 +15,7 @@ import orjson
 from flask import Blueprint, current_app, jsonify, request
 
 from webhooks import signatures
-from worker import ledger
+from worker.db import ledger
 from worker.db.models import utcnow
 from worker.engine.events import ISSUE_EVENTS, issue_key, quick_check
 from worker.engine.states import Direction, Outcome

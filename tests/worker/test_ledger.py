@@ -6,7 +6,9 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy import func, select
 
-from worker import connections, ledger
+from worker import connections
+
+from worker.db import ledger
 from worker.connections import ConnectionSpec
 from worker.db.models import LedgerEntry
 

@@ -15,7 +15,8 @@ from worker.engine.states import ConflictState
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
 def ledger_cmd(name: str, limit: int) -> None:
     """Print connection NAME's ledger, newest first."""
-    from worker import connections, ledger
+    from worker import connections
+    from worker.db import ledger
     from worker.db.session import transaction
 
     with transaction() as session:

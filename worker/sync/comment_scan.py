@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker import ledger
+from worker.db import ledger
 from worker.bitbucket.errors import NotFound
 from worker.db.models import CommentLink, Link, OutboxEntry, utcnow
 from worker.db.session import transaction

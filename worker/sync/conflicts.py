@@ -4,7 +4,9 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker import connections, ledger
+from worker import connections
+
+from worker.db import ledger
 from worker.db.models import Conflict, Connection, Link, OutboxEntry, Shadow, utcnow
 from worker.engine.states import ConflictState, Direction, OutboxKind, Outcome, Policy
 from worker.sync.target_writes import writer_for

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, select, tuple_
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from worker import ledger
+from worker.db import ledger
 from worker.db.models import Delivery, utcnow
 from worker.db.session import insert_ignoring_duplicates, transaction
 from worker.engine.states import DELIVERY_STUCK, DeliveryStatus, Direction, Outcome

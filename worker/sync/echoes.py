@@ -11,7 +11,9 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker import connections, ledger
+from worker import connections
+
+from worker.db import ledger
 from worker.db.models import Connection, Delivery, Link, OutboxEntry, Shadow, utcnow
 from worker.engine.events import MISSING, IssueEvent
 from worker.engine.judge import Expected, Verdict, late_echoes

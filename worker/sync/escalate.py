@@ -25,7 +25,9 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from worker import connections, ledger
+from worker import connections
+
+from worker.db import ledger
 from worker.bitbucket.errors import BitbucketError, TrackerRemoved
 from worker.db.models import Connection, Escalation, Link, Shadow, utcnow
 from worker.db.session import transaction

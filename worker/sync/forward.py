@@ -17,7 +17,9 @@ from dataclasses import field as dataclass_field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker import connections, ledger
+from worker import connections
+
+from worker.db import ledger
 from worker.db.models import Connection, Delivery, Link, OutboxEntry, Shadow, utcnow
 from worker.engine.events import MISSING, SYNCED_FIELDS, IssueEvent, MalformedEvent, normalize
 from worker.engine.judge import Held, Kind, judge

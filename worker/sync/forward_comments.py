@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker import ledger
+from worker.db import ledger
 from worker.db.models import CommentLink, Connection, Delivery, Link
 from worker.engine.events import IssueEvent
 from worker.engine.judge import CommentKind, judge_comment

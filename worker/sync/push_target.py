@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker import ledger
+from worker.db import ledger
 from worker.db.models import CommentLink, Connection, Link, OutboxEntry, Shadow, utcnow
 from worker.db.session import transaction
 from worker.engine.states import OUTBOX_OPEN, Direction, OutboxKind, OutboxSide, OutboxState, Outcome

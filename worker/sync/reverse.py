@@ -24,7 +24,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker import connections, ledger
+from worker import connections
+
+from worker.db import ledger
 from worker.db.models import Conflict, Connection, Link, OutboxEntry, Shadow, utcnow
 from worker.engine.events import LIMITS, parse_time
 from worker.engine.judge import parked

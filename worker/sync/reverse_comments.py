@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker import ledger
+from worker.db import ledger
 from worker.db.models import CommentLink, Connection, Link, OutboxEntry, utcnow
 from worker.engine.markers import comment_marker
 from worker.engine.states import OUTBOX_OPEN, OutboxKind, OutboxState, Outcome

@@ -17,7 +17,7 @@ from worker.bitbucket.auth import ApiTokenAuth
 from worker.bitbucket.client import BitbucketClient
 from worker.bitbucket.credentials import parse_api_token
 from worker.bitbucket.errors import BitbucketError
-from worker import ledger
+from worker.db import ledger
 from worker.db.helpdesk import Ticket, TicketComment
 from worker.db.models import CommentLink, Connection, LedgerEntry, Link, OutboxEntry, Shadow, utcnow
 from worker.db.session import transaction
