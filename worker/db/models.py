@@ -262,6 +262,7 @@ class Escalation(Base):
     # A claim with an expiry: whoever holds it does the remote work; a crashed holder's claim
     # lapses and the next attempt resumes (every step is idempotent through sync markers).
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)  # host:pid:start
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

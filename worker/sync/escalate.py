@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -73,7 +73,7 @@ def run_escalation(escalation_id: int, client_factory=client_for) -> Result | No
             esc = session.get(Escalation, escalation_id)
             if esc is not None:
                 if esc.claimed_until == held[0]:
-                    esc.claimed_until = None
+                    esc.claimed_until = esc.claimed_by = None
                 esc.error = describe(exc)
                 if isinstance(exc, TrackerRemoved):
                     esc.state = EscalationState.FAILED
@@ -94,7 +94,8 @@ def give_up(escalation_id: int, reason: str) -> bool:
     whether it failed it."""
     with transaction() as session:
         esc = session.get(Escalation, escalation_id)
-        if esc is None or esc.state != EscalationState.CREATING or claims.is_live(esc.claimed_until):
+        if esc is None or esc.state != EscalationState.CREATING or (
+                claims.is_live(esc.claimed_until) and not claims.holder_gone(esc.claimed_by)):
             return False
         esc.state, esc.error = EscalationState.FAILED, reason[:2000]
         return True
@@ -103,10 +104,10 @@ def give_up(escalation_id: int, reason: str) -> bool:
 def waiting(session: Session, cutoff: datetime) -> list[int]:
     """Escalations still to run that nobody holds, untouched since `cutoff`: their task was
     never queued (a broker outage), or was lost, or ended without finishing them."""
-    return list(session.scalars(select(Escalation.id).where(
-        Escalation.state == EscalationState.CREATING,
-        or_(Escalation.claimed_until.is_(None), Escalation.claimed_until < utcnow()),
-        Escalation.updated_at <= cutoff).order_by(Escalation.id)))
+    rows = session.execute(select(Escalation.id, Escalation.claimed_until, Escalation.claimed_by).where(
+        Escalation.state == EscalationState.CREATING, Escalation.updated_at <= cutoff).order_by(Escalation.id))
+    return [row.id for row in rows
+            if not claims.is_live(row.claimed_until) or claims.holder_gone(row.claimed_by)]
 
 
 def escalate_in_process(req: Request, client_factory=client_for, wait_seconds: float = 30.0) -> Result:
@@ -146,10 +147,13 @@ def _claim(escalation_id: int) -> _Claimed | Result | None:
             return None
         now = utcnow()
         token = claims.until(now)
+        free = (Escalation.claimed_until.is_(None)) | (Escalation.claimed_until < now)
+        if claims.is_live(esc.claimed_until, now) and claims.holder_gone(esc.claimed_by):
+            # Its holder died mid-run (a killed worker): taken over now, not in 10 minutes.
+            free = free | (Escalation.claimed_until == esc.claimed_until)
         claimed = session.execute(
-            update(Escalation).where(Escalation.id == esc.id, (Escalation.claimed_until.is_(None)) |
-                                     (Escalation.claimed_until < now))
-            .values(claimed_until=token)).rowcount  # the last error stays shown until it is done
+            update(Escalation).where(Escalation.id == esc.id, free)
+            .values(claimed_until=token, claimed_by=claims.holder())).rowcount  # the last error stays shown until it is done
         if not claimed:
             raise claims.Held(f"escalation {esc.id} of ticket {esc.item_id} is being run by another attempt")
         return _Claimed(esc.id, conn.id, conn.name, esc.repo, esc.item_id, token)
@@ -244,7 +248,7 @@ def _link(session: Session, c: _Claimed, issue: dict) -> Result:
     linked = select(Link).where(Link.connection_id == conn.id, Link.target_id == str(ticket.id))
     # The webhook of the new issue may have linked it already (forward._adopt_escalation).
     link = session.scalar(linked) or _insert_link(session, linked, conn, ticket, c.repo, issue, url)
-    esc.state, esc.claimed_until, esc.error = EscalationState.DONE, None, None
+    esc.state, esc.claimed_until, esc.claimed_by, esc.error = EscalationState.DONE, None, None, None
     ledger.record(session, connection_id=conn.id, direction=Direction.REVERSE, outcome=Outcome.APPLIED,
                   link_id=link.id, actor=esc.options.get("actor"), new_value=f"{c.repo}#{issue['id']}",
                   detail=f"escalated ticket {ticket.id} as {c.repo}#{issue['id']}"

@@ -298,3 +298,24 @@ def test_a_ticket_its_issues_webhook_linked_is_resumed_until_its_escalation_is_d
         assert session.scalar(select(func.count()).select_from(Link)) == 1
     done = escalation_request.request_escalation(None, escalate.Request(ticket_id=ticket["id"], repo=REPO))
     assert isinstance(done, escalate.Result) and (done.issue_id, done.created) == (issue["id"], False)
+
+
+def test_an_escalation_held_by_a_process_that_died_is_taken_over_at_once_and_a_live_one_is_not(harness):
+    import socket
+    h = harness
+    queued = _ask(_ticket(h))
+    live_until = utcnow() + timedelta(minutes=5)
+    with transaction() as session:  # a worker of this host holds it ...
+        session.execute(update(Escalation).values(claimed_until=live_until, claimed_by=claims.holder()))
+        assert escalate.waiting(session, utcnow()) == []
+    with pytest.raises(claims.Held):
+        escalate.run_escalation(queued.escalation_id, client_factory=h.client_factory)
+    assert _issues(h) == []
+    dead = f"{socket.gethostname()}:{2 ** 30}:4242"  # no such process: killed mid-run
+    with transaction() as session:  # ... and is killed: no 10-minute wait for its claim to lapse
+        session.execute(update(Escalation).values(claimed_until=live_until, claimed_by=dead))
+        assert escalate.waiting(session, utcnow()) == [queued.escalation_id]
+    result = escalate.run_escalation(queued.escalation_id, client_factory=h.client_factory)
+    assert result.created and len(_issues(h)) == 1
+    esc = _row()
+    assert (esc.state, esc.claimed_until, esc.claimed_by) == ("done", None, None)

@@ -4,7 +4,8 @@ The outbox (was `outgoing_changes`) names the side each write goes to, Bitbucket
 target, and the note it copies by a string id (was `ticket_comment_id`, a built-in helpdesk
 comment's integer id). A link's target id may be empty while a remote target creates the item.
 Every existing row is a write to Bitbucket. An escalation names its ticket as the target side
-does (`item_id`, a string; was `ticket_id`, a foreign key to the built-in helpdesk's tickets).
+does (`item_id`, a string; was `ticket_id`, a foreign key to the built-in helpdesk's tickets),
+and its claim names its holder (`claimed_by`), as an outbox row's does.
 
 Revision ID: 9d1e7c3a5b20
 Revises: c404b0be1142
@@ -36,6 +37,7 @@ def upgrade() -> None:
 
     with op.batch_alter_table('escalations', schema=None) as batch_op:
         batch_op.add_column(sa.Column('item_id', sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column('claimed_by', sa.String(length=200), nullable=True))
     op.execute("UPDATE escalations SET item_id = CAST(ticket_id AS VARCHAR(64))")
     with op.batch_alter_table('escalations', schema=None) as batch_op:
         batch_op.drop_constraint('uq_escalation_ticket', type_='unique')
@@ -51,6 +53,7 @@ def downgrade() -> None:
     with op.batch_alter_table('escalations', schema=None) as batch_op:
         batch_op.drop_constraint('uq_escalation_item', type_='unique')
         batch_op.drop_column('item_id')
+        batch_op.drop_column('claimed_by')
         batch_op.alter_column('ticket_id', existing_type=sa.Integer(), nullable=False)
         batch_op.create_foreign_key('escalations_ticket_id_fkey', 'tickets', ['ticket_id'], ['id'],
                                     ondelete='CASCADE')
