@@ -4,9 +4,9 @@ sees: dead letters, replays, dismissals, and the events held behind a failed one
 events never apply out of order)."""
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NamedTuple, TypeVar
 
-from sqlalchemy import Connection, select, tuple_
+from sqlalchemy import Connection, select, tuple_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -69,20 +69,30 @@ def _stored_ids(conn: Connection, rows: list[dict[str, Any]]) -> dict[tuple[int,
 
 # --- processing -------------------------------------------------------------------------------
 
-def start_run(session: Session, delivery_id: str) -> Delivery | None:
-    """Count one more start of processing; dead-letter a delivery that keeps not finishing.
-    Runs in its own transaction, committed before the work, so the count survives a crash."""
-    d = session.get(Delivery, delivery_id)
-    if d is None or d.status != DeliveryStatus.RECEIVED:
-        return d
-    d.runs += 1
-    if d.runs > MAX_RUNS:
-        fail(session, d, f"dead-lettered: processing started {d.runs - 1} times without finishing "
-                         f"(a worker died or the event kept failing)")
-    return d
+class Run(NamedTuple):
+    status: str
+    runs: int
 
 
-def begin_run(delivery_id: str) -> Delivery | None:
+def start_run(session: Session, delivery_id: str) -> Run | None:
+    """Count one more start of processing (one statement, as a rule); dead-letter a delivery
+    that keeps not finishing. Runs in its own transaction, committed before the work, so the
+    count survives a crash. None: no such delivery."""
+    runs = session.execute(update(Delivery).where(
+        Delivery.id == delivery_id, Delivery.status == DeliveryStatus.RECEIVED)
+        .values(runs=Delivery.runs + 1).returning(Delivery.runs)).scalar()
+    if runs is None:  # not waiting (done, failed, held) or not there
+        status = session.scalar(select(Delivery.status).where(Delivery.id == delivery_id))
+        return None if status is None else Run(status, 0)
+    if runs > MAX_RUNS:
+        fail(session, session.get(Delivery, delivery_id),
+             f"dead-lettered: processing started {runs - 1} times without finishing "
+             f"(a worker died or the event kept failing)")
+        return Run(DeliveryStatus.FAILED, runs)
+    return Run(DeliveryStatus.RECEIVED, runs)
+
+
+def begin_run(delivery_id: str) -> Run | None:
     """start_run in a transaction of its own, committed when this returns."""
     with transaction() as session:
         return start_run(session, delivery_id)
@@ -126,14 +136,21 @@ def fail(session: Session, d: Delivery, reason: str) -> None:
 # --- held, replayed and dismissed deliveries --------------------------------------------------
 
 
-def blocking(session: Session, d: Delivery) -> str | None:
-    """The id of an earlier failed (or held) delivery for the same issue, if any."""
+class Stuck(NamedTuple):
+    """The other failed or held deliveries of a delivery's issue, read once (as a rule they are
+    none): the one it must wait behind, and whether any waits behind it."""
+    behind: str | None      # an earlier failed (or held) delivery of the issue
+    holding: bool           # held deliveries of the issue exist: finishing may release them
+
+
+def stuck(session: Session, d: Delivery) -> Stuck:
     if not d.issue_key:
-        return None
-    return session.scalar(select(Delivery.id).where(
+        return Stuck(None, False)
+    rows = session.execute(select(Delivery.id, Delivery.status, Delivery.received_at).where(
         Delivery.connection_id == d.connection_id, Delivery.issue_key == d.issue_key,
-        Delivery.status.in_(DELIVERY_STUCK), Delivery.received_at <= d.received_at,
-        Delivery.id != d.id).order_by(Delivery.received_at).limit(1))
+        Delivery.status.in_(DELIVERY_STUCK), Delivery.id != d.id).order_by(Delivery.received_at)).all()
+    behind = next((r.id for r in rows if r.received_at <= d.received_at), None)
+    return Stuck(behind, any(r.status == DeliveryStatus.HELD for r in rows))
 
 
 def hold(session: Session, d: Delivery, behind: str) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from worker import connections
 
@@ -25,8 +25,8 @@ from worker.engine.events import MISSING, SYNCED_FIELDS, IssueEvent, MalformedEv
 from worker.engine.judge import Held, Kind, judge
 from worker.engine.markers import find_ticket_marker
 from worker.engine.merge import FieldDecision, ShadowPair, decide_field, is_stale
-from worker.engine.states import DeliveryStatus, Direction, OutboxKind, OutboxState, Outcome, Winner
-from worker.sync import conflicts, deliveries, echoes, forward_comments, reverse
+from worker.engine.states import DeliveryStatus, Direction, OutboxKind, Outcome, Winner
+from worker.sync import conflicts, deliveries, echoes, forward_comments, outbox, reverse
 from worker.sync.target_writes import Direct, Queued, writer_for
 from worker.targets import side_for
 
@@ -52,11 +52,12 @@ def process_delivery(session: Session, delivery_id: str) -> Processed:
         # A redelivery, a sweeper's second enqueue, or an operator's re-run: no second effect.
         log.info("sync.delivery_skipped delivery=%s status=%s", delivery_id, delivery.status)
         return Processed(delivery_id, "skipped", f"already {delivery.status}")
-    conn = session.get(Connection, delivery.connection_id)
-    behind = deliveries.blocking(session, delivery)
-    if behind is not None:
-        deliveries.hold(session, delivery, behind)
-        return Processed(delivery.id, DeliveryStatus.HELD, f"behind {behind}")
+    conn = session.get(Connection, delivery.connection_id, options=[joinedload(Connection.repos)])
+    stuck = deliveries.stuck(session, delivery)
+    if stuck.behind is not None:
+        deliveries.hold(session, delivery, stuck.behind)
+        return Processed(delivery.id, DeliveryStatus.HELD, f"behind {stuck.behind}")
+    session.info["releases"] = stuck.holding
 
     try:
         event = normalize(delivery.event_key, json.loads(delivery.body))
@@ -98,11 +99,6 @@ def process_delivery(session: Session, delivery_id: str) -> Processed:
     return _finish(session, conn, delivery, DeliveryStatus.PROCESSED, link=link)
 
 
-def _has_pending_push(session: Session, link: Link) -> bool:
-    return session.scalar(select(OutboxEntry.id).where(
-        OutboxEntry.link_id == link.id, OutboxEntry.state == OutboxState.PENDING).limit(1)) is not None
-
-
 def _finish(session: Session, conn: Connection, delivery: Delivery, status: str,
             detail: str = "", link: Link | None = None) -> Processed:
     if status == DeliveryStatus.IGNORED:
@@ -111,8 +107,11 @@ def _finish(session: Session, conn: Connection, delivery: Delivery, status: str,
     delivery.status = status
     delivery.error = detail if status in (DeliveryStatus.IGNORED, DeliveryStatus.FAILED) else None
     delivery.processed_at = utcnow()
-    released = deliveries.release(session, conn.id, delivery.issue_key)
-    push_link = link.id if link is not None and _has_pending_push(session, link) else None
+    # Held deliveries of the issue wait for this one only if there were any when it started
+    # (one can be held only behind a failed one, which then still stops their release).
+    released = (deliveries.release(session, conn.id, delivery.issue_key)
+                if session.info.pop("releases", True) else [])
+    push_link = link.id if link is not None and link.id in outbox.added(session) else None
     log.info("sync.delivery_%s connection=%s delivery=%s event=%s %s", status, conn.name,
              delivery.id, delivery.event_key, detail)
     return Processed(delivery.id, status, detail, released, push_link)

@@ -8,12 +8,24 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import event, or_, select
 from sqlalchemy.orm import Session
 
 from worker.db.models import OutboxEntry, utcnow
 from worker.engine.states import OUTBOX_OPEN, OutboxKind, OutboxSide, OutboxState
 from worker.sync import claims
+
+
+@event.listens_for(Session, "transient_to_pending")
+def _note_added(session: Session, instance: object) -> None:
+    if isinstance(instance, OutboxEntry):
+        session.info.setdefault("outbox_links", set()).add(instance.link_id)
+
+
+def added(session: Session) -> set[int]:
+    """The links this session gave new outbox rows to: the pushes to queue once it commits
+    (rows from before were queued by whoever added them, or are found by the sweeper)."""
+    return session.info.get("outbox_links", set())
 
 
 def to_bitbucket(kind: OutboxKind):

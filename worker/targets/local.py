@@ -26,11 +26,16 @@ class LocalHelpdesk:
 
     def __init__(self, session: Session):
         self.session = session
+        # Tickets this side loaded, held for the transaction: the session's identity map keeps
+        # an object only while something refers to it, and `read` hands out plain values.
+        self._loaded: dict[int, Ticket] = {}
 
     def _ticket(self, item_id: str) -> Ticket:
-        ticket = self.session.get(Ticket, _id(item_id))
+        key = _id(item_id)
+        ticket = self._loaded.get(key) or self.session.get(Ticket, key)
         if ticket is None:
             raise LookupError(f"ticket {item_id} does not exist")
+        self._loaded[key] = ticket
         return ticket
 
     def read(self, item_id: str) -> Item:

@@ -12,6 +12,7 @@ import httpx2
 import pytest
 from sqlalchemy import select, update
 
+from tests.webhooks.conftest import postgres_db  # noqa: F401  (a fixture, for pg_harness)
 from simulator.app import create_app as create_simulator
 from simulator.state import SimulatorState
 from webhooks import create_app
@@ -72,6 +73,16 @@ def let_claims_lapse() -> int:
 
 @pytest.fixture
 def harness(db):
+    yield from _harness()
+
+
+@pytest.fixture
+def pg_harness(postgres_db):
+    """The same harness on a fresh PostgreSQL database."""
+    yield from _harness()
+
+
+def _harness():
     app = create_app(enqueue=lambda task, arg: True)  # the test plays the worker
     with transaction() as session:
         connections.upsert(session, connections.ConnectionSpec(
@@ -88,3 +99,6 @@ def harness(db):
     yield h
     client.close()
     state.close()
+    ext = app.extensions["bbsync"]
+    ext.deliveries.engine.dispose()  # (PostgreSQL: close them before the database is dropped)
+    ext.engine.dispose()
