@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, TypeVar
 
-from sqlalchemy import Connection, select, tuple_, update
+from sqlalchemy import Connection, and_, exists, select, tuple_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased, joinedload
 
 from worker.db import ledger
+from worker.db.models import Connection as ConnectionRow
 from worker.db.models import Delivery, utcnow
 from worker.db.session import insert_ignoring_duplicates, transaction
 from worker.engine.states import DELIVERY_STUCK, DeliveryStatus, Direction, Outcome
@@ -143,14 +144,32 @@ class Stuck(NamedTuple):
     holding: bool           # held deliveries of the issue exist: finishing may release them
 
 
-def stuck(session: Session, d: Delivery) -> Stuck:
-    if not d.issue_key:
-        return Stuck(None, False)
-    rows = session.execute(select(Delivery.id, Delivery.status, Delivery.received_at).where(
-        Delivery.connection_id == d.connection_id, Delivery.issue_key == d.issue_key,
-        Delivery.status.in_(DELIVERY_STUCK), Delivery.id != d.id).order_by(Delivery.received_at)).all()
-    behind = next((r.id for r in rows if r.received_at <= d.received_at), None)
-    return Stuck(behind, any(r.status == DeliveryStatus.HELD for r in rows))
+class Locked(NamedTuple):
+    delivery: Delivery
+    connection: ConnectionRow
+    stuck: Stuck
+
+
+def lock(session: Session, delivery_id: str) -> Locked | None:
+    """The delivery, locked for this transaction (a second run of it waits, then finds it
+    done), with its connection and the connection's repositories, and what is stuck of its
+    issue: one statement."""
+    other = aliased(Delivery)
+    same_issue = and_(other.connection_id == Delivery.connection_id, other.issue_key == Delivery.issue_key,
+                      other.id != Delivery.id)
+    behind = (select(other.id).where(same_issue, other.status.in_(DELIVERY_STUCK),
+                                     other.received_at <= Delivery.received_at)
+              .order_by(other.received_at).limit(1).correlate(Delivery).scalar_subquery())
+    holding = exists().where(same_issue, other.status == DeliveryStatus.HELD).correlate(Delivery)
+    row = session.execute(
+        select(Delivery, ConnectionRow, behind, holding)
+        .join(ConnectionRow, ConnectionRow.id == Delivery.connection_id)
+        .options(joinedload(ConnectionRow.repos))
+        .where(Delivery.id == delivery_id).with_for_update(of=Delivery.__table__)).unique().first()
+    if row is None:
+        return None
+    delivery, connection, behind_id, held = row
+    return Locked(delivery, connection, Stuck(behind_id, bool(held)))
 
 
 def hold(session: Session, d: Delivery, behind: str) -> None:

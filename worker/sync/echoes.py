@@ -8,13 +8,13 @@ says when it happened.
 """
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import exists, literal, select
 from sqlalchemy.orm import Session
 
 from worker import connections
 
 from worker.db import ledger
-from worker.db.models import Connection, Delivery, Link, OutboxEntry, Shadow, utcnow
+from worker.db.models import CommentLink, Connection, Delivery, Link, OutboxEntry, Shadow, utcnow
 from worker.engine.events import MISSING, IssueEvent
 from worker.engine.judge import Expected, Verdict, late_echoes
 from worker.engine.merge import ShadowPair, pick_winner
@@ -97,8 +97,38 @@ def _seen(row: OutboxEntry, field: str) -> None:
     row.unechoed = {k: v for k, v in (row.unechoed or {}).items() if k != field} or None
 
 
+def lock_link(session: Session, connection_id: int, repo: str, issue_id: int,
+              comment_id: int | None = None) -> tuple[Link | None, dict]:
+    """The issue's link, locked FOR NO KEY UPDATE (one event per link at a time, across any
+    number of workers, without blocking the inserts that merely reference it: ledger, outbox,
+    comment links), with its shadows by field, in one statement. It also tells whether any
+    write of ours to the issue is recent enough for its echo to be on the way: as a rule none
+    is, and `in_flight` then answers without a query. With `comment_id`, whether that comment
+    is copied already (for worker.sync.forward_comments, also without a query of its own)."""
+    recent = exists().where(OutboxEntry.link_id == Link.id, to_bitbucket(OutboxKind.FIELDS),
+                            OutboxEntry.state.in_((OutboxState.SENDING, OutboxState.SENT)),
+                            OutboxEntry.created_at >= utcnow() - ECHO_WINDOW).correlate(Link)
+    copied = (exists().where(CommentLink.link_id == Link.id, CommentLink.bitbucket_comment_id == comment_id)
+              .correlate(Link) if comment_id is not None else literal(False))
+    rows = session.execute(
+        select(Link, Shadow, recent, copied).outerjoin(Shadow, Shadow.link_id == Link.id)
+        .where(Link.connection_id == connection_id, Link.bitbucket_repo == repo,
+               Link.bitbucket_issue_id == issue_id)
+        .with_for_update(of=Link.__table__, key_share=True)).all()
+    if not rows:
+        return None, {}
+    link = rows[0][0]
+    if not rows[0][2]:
+        session.info.setdefault("no_writes_in_flight", set()).add(link.id)
+    if comment_id is not None:
+        session.info.setdefault("comments_copied", {})[(link.id, comment_id)] = bool(rows[0][3])
+    return link, {row[1].field: row[1] for row in rows if row[1] is not None}
+
+
 def in_flight(session: Session, link: Link) -> list[OutboxEntry]:
     """Our own writes to this issue whose webhooks may still be on their way back."""
+    if link.id in session.info.get("no_writes_in_flight", ()):
+        return []
     return [r for r in session.scalars(select(OutboxEntry).where(
         OutboxEntry.link_id == link.id, to_bitbucket(OutboxKind.FIELDS),
         OutboxEntry.state.in_((OutboxState.SENDING, OutboxState.SENT)),

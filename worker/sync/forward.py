@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session
 
 from worker import connections
 
@@ -45,15 +45,14 @@ class Processed:
 
 
 def process_delivery(session: Session, delivery_id: str) -> Processed:
-    delivery = session.scalar(select(Delivery).where(Delivery.id == delivery_id).with_for_update())
-    if delivery is None:
+    locked = deliveries.lock(session, delivery_id)
+    if locked is None:
         return Processed(delivery_id, DeliveryStatus.FAILED, "no such delivery")
+    delivery, conn, stuck = locked
     if delivery.status != DeliveryStatus.RECEIVED:
         # A redelivery, a sweeper's second enqueue, or an operator's re-run: no second effect.
         log.info("sync.delivery_skipped delivery=%s status=%s", delivery_id, delivery.status)
         return Processed(delivery_id, "skipped", f"already {delivery.status}")
-    conn = session.get(Connection, delivery.connection_id, options=[joinedload(Connection.repos)])
-    stuck = deliveries.stuck(session, delivery)
     if stuck.behind is not None:
         deliveries.hold(session, delivery, stuck.behind)
         return Processed(delivery.id, DeliveryStatus.HELD, f"behind {stuck.behind}")
@@ -67,11 +66,8 @@ def process_delivery(session: Session, delivery_id: str) -> Processed:
         return _finish(session, conn, delivery, DeliveryStatus.IGNORED,
                        f"repository {event.issue.repo} is not part of connection {conn.name}")
 
-    # FOR NO KEY UPDATE: one event per link at a time, across any number of workers, without
-    # blocking the inserts that merely reference the link (ledger, outbox, comment links).
-    link = session.scalar(
-        select(Link).where(Link.connection_id == conn.id, Link.bitbucket_repo == event.issue.repo,
-                           Link.bitbucket_issue_id == event.issue.issue_id).with_for_update(key_share=True))
+    link, shadows = echoes.lock_link(session, conn.id, event.issue.repo, event.issue.issue_id,
+                                     event.comment.id if event.comment else None)
     target = writer_for(session, conn)
     if link is None:
         link = _adopt_escalation(session, conn, delivery, event) or _create_link(
@@ -91,7 +87,7 @@ def process_delivery(session: Session, delivery_id: str) -> Processed:
                                  f"the {link.bitbucket_updated_at.isoformat()} already applied")
             forward_comments.sync_comment(session, conn, delivery, event, link, target)
             return _finish(session, conn, delivery, DeliveryStatus.PROCESSED, "stale", link)
-        _update_link(session, conn, delivery, event, link, target)
+        _update_link(session, conn, delivery, event, link, target, shadows)
     forward_comments.sync_comment(session, conn, delivery, event, link, target)
     if event.issue.updated_at and (link.bitbucket_updated_at is None
                                    or event.issue.updated_at > link.bitbucket_updated_at):
@@ -150,7 +146,8 @@ def _create_link(session: Session, conn: Connection, delivery: Delivery, event: 
         fields.setdefault(field, default)
 
     link = Link(connection_id=conn.id, bitbucket_repo=event.issue.repo,
-                bitbucket_issue_id=event.issue.issue_id, bitbucket_url=event.issue.url)
+                bitbucket_issue_id=event.issue.issue_id, bitbucket_url=event.issue.url,
+                bitbucket_updated_at=event.issue.updated_at)
     # Direct: the new ticket's id. Queued: none yet (the create is an outbox row; the link
     # is flushed to carry it, and gets the id when the create is sent).
     link.target_id = target.create(conn, link, fields, event.issue.reporter, event.actor)
@@ -169,10 +166,9 @@ def _create_link(session: Session, conn: Connection, delivery: Delivery, event: 
 
 
 def _update_link(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
-                 link: Link, target: Direct | Queued) -> None:
+                 link: Link, target: Direct | Queued, shadows: dict[str, Shadow]) -> None:
     tables = connections.tables_for(conn)
     current = target.read(link)
-    shadows = {s.field: s for s in session.scalars(select(Shadow).where(Shadow.link_id == link.id))}
     writes = {r.id: r for r in echoes.in_flight(session, link)}
     expected = echoes.expected(writes.values())
     changes: dict[str, str | None] = {}

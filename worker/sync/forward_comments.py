@@ -21,16 +21,18 @@ def sync_comment(session: Session, conn: Connection, delivery: Delivery, event: 
     comment = event.comment
     if comment is None:
         return
-    exists = session.scalar(select(CommentLink.id).where(
-        CommentLink.link_id == link.id, CommentLink.bitbucket_comment_id == comment.id))
+    copied = session.info.get("comments_copied", {}).get((link.id, comment.id))  # echoes.lock_link knew
+    if copied is None:
+        copied = session.scalar(select(CommentLink.id).where(
+            CommentLink.link_id == link.id, CommentLink.bitbucket_comment_id == comment.id)) is not None
     kind, ours = judge_comment(comment.body, conn.name,
-                               already_copied=exists is not None or target.note_queued(link, comment.id))
+                               already_copied=copied or target.note_queued(link, comment.id))
     if kind is CommentKind.OURS:
         # A helpdesk comment we posted, seen back. If our own commit has not happened yet (or
         # never will, after a crash), the marker is enough to link it: never a second note.
         linked = session.scalar(select(CommentLink.id).where(
             CommentLink.link_id == link.id, CommentLink.target_comment_id == str(ours)))
-        if exists is None and linked is None and target.side.get_comment(str(ours)) is not None:
+        if not copied and linked is None and target.side.get_comment(str(ours)) is not None:
             session.add(CommentLink(link_id=link.id, bitbucket_comment_id=comment.id,
                                     target_comment_id=str(ours)))
         ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.ECHO,

@@ -12,7 +12,7 @@ from worker.queue import tasks
 
 #: Statements from "a worker takes the delivery" to "its effects and ledger rows are committed"
 #: (the count of runs, the lock, the decision's reads, the writes), BEGIN and COMMIT aside.
-BUDGET = {"issue:created": 11, "issue:updated": 13, "issue:comment_created": 14}
+BUDGET = {"issue:created": 8, "issue:updated": 9, "issue:comment_created": 9}
 
 
 def _statements(delivery_id: str) -> list[str]:
