@@ -6,8 +6,10 @@ be one the other side accepts.
 """
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -117,5 +119,17 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[s
 
 
 def load(override: Mapping[str, Any] | None = None) -> MappingTables:
-    """The default tables with an optional override, validated."""
-    return build(merge(default_raw(), override))
+    """The default tables with an optional override, validated. Built once per distinct
+    override and process (the tables are immutable): the worker asks for them on every event,
+    with the override its connection row holds at that moment, so a changed override is used
+    from the next event on. The defaults file is read when the process first needs it."""
+    try:
+        key = json.dumps(override, sort_keys=True) if override else ""
+    except (TypeError, ValueError):  # not JSON-shaped: let the checks say what is wrong
+        return build(merge(default_raw(), override))
+    return _load(key)
+
+
+@lru_cache(maxsize=256)
+def _load(key: str) -> MappingTables:
+    return build(merge(default_raw(), json.loads(key) if key else None))

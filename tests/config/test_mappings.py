@@ -214,3 +214,19 @@ def test_translators_go_both_ways_from_either_side_and_pass_unmapped_fields_as_t
     for source in ("bitbucket", "target"):
         there, back = tables.translators("title", source)
         assert there("Checkout \u202e500s") == "Checkout \u202e500s" and back(None) is None
+
+
+def test_tables_are_built_once_per_override_and_a_changed_override_is_used_at_once():
+    assert mappings.load() is mappings.load(None) is mappings.load({})
+    first = mappings.load({"priority": {"to_target": {"major": "high"}}})
+    assert first.to_target("priority", "major") == "high"
+    assert mappings.load({"priority": {"to_target": {"major": "high"}}}) is first
+    changed = mappings.load({"priority": {"to_target": {"major": "urgent"}}})
+    assert changed.to_target("priority", "major") == "urgent"
+    assert mappings.load().to_target("priority", "major") == "normal"
+
+
+def test_a_bad_override_fails_every_time_it_is_asked_for():
+    for _ in range(2):
+        with pytest.raises(MappingError):
+            mappings.load({"priority": {"to_target": {"major": "enormous"}}})

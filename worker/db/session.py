@@ -76,8 +76,18 @@ def get_engine(url: str | None = None) -> Engine:
     return engine
 
 
+_factories: dict[tuple[int, str], sessionmaker[Session]] = {}
+
+
 def session_factory(url: str | None = None) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    """One session factory per engine: a sessionmaker is a new Session class, and building one
+    per transaction costs more than the transaction's own Python work."""
+    url = url or get_settings().database_url
+    key = (os.getpid(), url)
+    factory = _factories.get(key)
+    if factory is None or factory.kw["bind"] is not get_engine(url):
+        factory = _factories[key] = sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    return factory
 
 
 @contextmanager
