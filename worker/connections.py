@@ -6,14 +6,14 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from config import mappings
 from worker import crypto
 from worker.bitbucket.budget import BudgetMeter
 from worker.bitbucket.credentials import encode_secret, parse_api_token
 from worker.db.credentials import Credential
-from worker.db.models import Connection, ConnectionRepo, WebhookSecret
+from worker.db.models import Connection, ConnectionRepo, WebhookSecret, utcnow
 from worker.engine.events import SYNCED_FIELDS
 from worker.engine.merge import DEFAULT_POLICY, POLICIES
 from worker.targets import SIDES
@@ -81,6 +81,25 @@ def get(session: Session, name: str) -> Connection | None:
                           .options(selectinload(Connection.repos), selectinload(Connection.secrets)))
 
 
+#: connection id -> (its revision, the row with its repositories, detached): the worker reads a
+#: connection for every event, and it changes seldom.
+_cache: dict[int, tuple[object, Connection]] = {}
+
+
+def cached(session: Session, connection_id: int, revision: object) -> Connection:
+    """The connection with its repositories, as of `revision` (its `updated_at`, read with the
+    delivery): from this process's cache when the revision matches, so that a change made by
+    `bbsync connection add` is seen by the next event. Read-only: the row is detached."""
+    hit = _cache.get(connection_id)
+    if hit is not None and hit[0] == revision:
+        return hit[1]
+    conn = session.execute(select(Connection).where(Connection.id == connection_id)
+                           .options(joinedload(Connection.repos))).unique().scalar_one()
+    session.expunge(conn)  # and its repositories (the relationship cascades)
+    _cache[connection_id] = (conn.updated_at, conn)
+    return conn
+
+
 def upsert(session: Session, spec: ConnectionSpec) -> tuple[Connection, bool]:
     """Create or update a connection so that it matches the spec exactly. Idempotent."""
     validate(spec)
@@ -118,6 +137,9 @@ def upsert(session: Session, spec: ConnectionSpec) -> tuple[Connection, bool]:
                         for s in wanted if s not in kept)
     # Inactive secrets are dropped, not kept around: a retired secret has no use.
     conn.secrets[:] = [s for s in conn.secrets if s.active]
+    # A new revision even when only repositories or secrets changed: workers cache the row
+    # by it (cached, above).
+    conn.updated_at = utcnow()
     session.flush()
     return conn, created
 

@@ -37,19 +37,27 @@ def _backoff(retries: int) -> float:
     return random.uniform(0, min(max_task_delay(get_settings()), 2 ** retries))
 
 
-def _run_delivery(delivery_id: str) -> str:
+def _run_delivery(delivery_id: str, started: deliveries.Taken | None = None) -> str:
     """Process one stored delivery, and queue what it released and the push it made due.
-    RETRYABLE errors propagate (the caller retries); so does anything else (it fails)."""
-    with transaction() as session:
-        started = deliveries.start_run(session, delivery_id)
+    `started`: its run, counted already (process_deliveries counts a message's in one
+    statement). RETRYABLE errors propagate (the caller retries); so does anything else (it
+    fails)."""
+    if started is None:
+        with transaction() as session:
+            started = deliveries.start_run(session, delivery_id)
     if started is None or started.status != DeliveryStatus.RECEIVED:
         # A redelivery, a sweeper's second enqueue, or an operator's re-run: no second effect.
         log.info("sync.delivery_skipped delivery=%s status=%s", delivery_id,
                  started.status if started else "missing")
         return "skipped"
     log.info("sync.delivery_started delivery=%s run=%d", delivery_id, started.runs)
-    with transaction() as session:
-        outcome = forward.process_delivery(session, delivery_id)
+    try:
+        with transaction() as session:
+            outcome = forward.process_delivery(session, started)
+    except deliveries.AlreadyFinished:
+        # Another run finished it while this one worked: this one's effects were rolled back.
+        log.info("sync.delivery_skipped delivery=%s status=finished-by-another-run", delivery_id)
+        return "skipped"
     for released in outcome.released:
         enqueue_delivery(released)
     if outcome.push_link is not None:
@@ -79,10 +87,19 @@ def process_deliveries(delivery_ids: list[str]) -> dict[str, str]:
     and isolated from the others: one that must be retried goes on as a task of its own, one
     that fails is recorded, and the rest of the batch goes on. A redelivered batch (its worker
     died) finds its finished deliveries done; the sweeper queues any it cannot reach soon."""
+    try:  # every run counted in one statement and one commit
+        with transaction() as session:
+            started = deliveries.start_runs(session, delivery_ids)
+    except RETRYABLE as exc:  # e.g. a deadlock with a second copy of this message: one at a time
+        log.info("sync.batch_start_retry error=%s", exc.__class__.__name__)
+        started = None
     outcomes: dict[str, str] = {}
     for delivery_id in delivery_ids:
         try:
-            outcomes[delivery_id] = _run_delivery(delivery_id)
+            if started is None:
+                outcomes[delivery_id] = _run_delivery(delivery_id)
+            else:
+                outcomes[delivery_id] = _run_delivery(delivery_id, started.get(delivery_id))
         except RETRYABLE as exc:
             log.info("sync.delivery_retry delivery=%s error=%s", delivery_id, exc.__class__.__name__)
             outcomes[delivery_id] = "retrying" if _retry_alone(delivery_id) else "waiting"

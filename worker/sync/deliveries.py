@@ -8,7 +8,7 @@ from typing import Any, Callable, NamedTuple, TypeVar
 
 from sqlalchemy import Connection, and_, exists, select, tuple_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, aliased, joinedload
+from sqlalchemy.orm import Session, aliased
 
 from worker.db import ledger
 from worker.db.models import Connection as ConnectionRow
@@ -70,30 +70,95 @@ def _stored_ids(conn: Connection, rows: list[dict[str, Any]]) -> dict[tuple[int,
 
 # --- processing -------------------------------------------------------------------------------
 
-class Run(NamedTuple):
+class Taken(NamedTuple):
+    """What processing needs of a delivery, read as its run starts (one statement with the
+    count of runs): its columns, its connection's revision (worker.connections.cached), and
+    the other failed or held deliveries of its issue (as a rule none): the one it must wait
+    behind, and whether any wait behind it."""
+    id: str
+    connection_id: int
+    event_key: str
+    body: str
+    issue_key: str | None
     status: str
     runs: int
+    connection_revision: object
+    behind: str | None      # an earlier failed (or held) delivery of the issue
+    holding: bool           # held deliveries of the issue exist: finishing may release them
 
 
-def start_run(session: Session, delivery_id: str) -> Run | None:
-    """Count one more start of processing (one statement, as a rule); dead-letter a delivery
-    that keeps not finishing. Runs in its own transaction, committed before the work, so the
-    count survives a crash. None: no such delivery."""
-    runs = session.execute(update(Delivery).where(
-        Delivery.id == delivery_id, Delivery.status == DeliveryStatus.RECEIVED)
-        .values(runs=Delivery.runs + 1).returning(Delivery.runs)).scalar()
-    if runs is None:  # not waiting (done, failed, held) or not there
-        status = session.scalar(select(Delivery.status).where(Delivery.id == delivery_id))
-        return None if status is None else Run(status, 0)
-    if runs > MAX_RUNS:
-        fail(session, session.get(Delivery, delivery_id),
-             f"dead-lettered: processing started {runs - 1} times without finishing "
+class AlreadyFinished(Exception):
+    """Another run of the delivery finished it first: this run's transaction is rolled back,
+    so that it has no second effect."""
+
+
+def _columns() -> tuple:
+    other = aliased(Delivery)
+    same_issue = and_(other.connection_id == Delivery.connection_id, other.issue_key == Delivery.issue_key,
+                      other.id != Delivery.id)
+    behind = (select(other.id).where(same_issue, other.status.in_(DELIVERY_STUCK),
+                                     other.received_at <= Delivery.received_at)
+              .order_by(other.received_at).limit(1).correlate(Delivery).scalar_subquery())
+    holding = exists().where(same_issue, other.status == DeliveryStatus.HELD).correlate(Delivery)
+    revision = (select(ConnectionRow.updated_at).where(ConnectionRow.id == Delivery.connection_id)
+                .correlate(Delivery).scalar_subquery())
+    return (Delivery.id, Delivery.connection_id, Delivery.event_key, Delivery.body, Delivery.issue_key,
+            Delivery.status, Delivery.runs, revision, behind, holding)
+
+
+def start_run(session: Session, delivery_id: str) -> Taken | None:
+    """Count one more start of processing and read what processing needs, in one statement;
+    dead-letter a delivery that keeps not finishing. Runs in its own transaction, committed
+    before the work, so the count survives a crash. None: no such delivery; a status other
+    than received: nothing to do."""
+    return start_runs(session, [delivery_id]).get(delivery_id)
+
+
+def start_runs(session: Session, delivery_ids: list[str]) -> dict[str, Taken]:
+    """start_run for several deliveries (a message's), in one statement and so one commit;
+    deliveries not found are left out."""
+    rows = session.execute(update(Delivery).where(
+        Delivery.id.in_(delivery_ids), Delivery.status == DeliveryStatus.RECEIVED)
+        .values(runs=Delivery.runs + 1).returning(*_columns())
+        .execution_options(synchronize_session=False)).all()
+    taken = {row[0]: Taken(*row[:9], bool(row[9])) for row in rows}
+    for delivery_id in delivery_ids:
+        if delivery_id not in taken:  # not waiting (done, failed, held) or not there
+            found = read(session, delivery_id)
+            if found is not None:
+                taken[delivery_id] = found
+    # One delivery that kills its worker is started again with every redelivery of its
+    # message, and so is each one behind it, which never got its turn: only the first over
+    # the limit is the one that keeps not finishing.
+    over = next((i for i in delivery_ids if i in taken and taken[i].status == DeliveryStatus.RECEIVED
+                 and taken[i].runs > MAX_RUNS), None)
+    if over is not None:
+        fail(session, session.get(Delivery, over),
+             f"dead-lettered: processing started {taken[over].runs - 1} times without finishing "
              f"(a worker died or the event kept failing)")
-        return Run(DeliveryStatus.FAILED, runs)
-    return Run(DeliveryStatus.RECEIVED, runs)
+        taken[over] = taken[over]._replace(status=DeliveryStatus.FAILED)
+    return taken
 
 
-def begin_run(delivery_id: str) -> Run | None:
+def read(session: Session, delivery_id: str) -> Taken | None:
+    """What start_run reads, without counting a run (for callers that counted it already)."""
+    row = session.execute(select(*_columns()).where(Delivery.id == delivery_id)).first()
+    return None if row is None else Taken(*row[:9], bool(row[9]))
+
+
+def finish(session: Session, delivery_id: str, status: str, error: str | None) -> None:
+    """Mark the delivery done, if it is still waiting: a concurrent run that finished it first
+    makes this raise AlreadyFinished (the row lock makes the second wait for the first's
+    commit, then find it done), and the caller's transaction rolls back."""
+    done = session.execute(update(Delivery).where(
+        Delivery.id == delivery_id, Delivery.status == DeliveryStatus.RECEIVED)
+        .values(status=status, error=error, processed_at=utcnow())
+        .execution_options(synchronize_session=False))
+    if done.rowcount != 1:
+        raise AlreadyFinished(delivery_id)
+
+
+def begin_run(delivery_id: str) -> Taken | None:
     """start_run in a transaction of its own, committed when this returns."""
     with transaction() as session:
         return start_run(session, delivery_id)
@@ -137,43 +202,8 @@ def fail(session: Session, d: Delivery, reason: str) -> None:
 # --- held, replayed and dismissed deliveries --------------------------------------------------
 
 
-class Stuck(NamedTuple):
-    """The other failed or held deliveries of a delivery's issue, read once (as a rule they are
-    none): the one it must wait behind, and whether any waits behind it."""
-    behind: str | None      # an earlier failed (or held) delivery of the issue
-    holding: bool           # held deliveries of the issue exist: finishing may release them
-
-
-class Locked(NamedTuple):
-    delivery: Delivery
-    connection: ConnectionRow
-    stuck: Stuck
-
-
-def lock(session: Session, delivery_id: str) -> Locked | None:
-    """The delivery, locked for this transaction (a second run of it waits, then finds it
-    done), with its connection and the connection's repositories, and what is stuck of its
-    issue: one statement."""
-    other = aliased(Delivery)
-    same_issue = and_(other.connection_id == Delivery.connection_id, other.issue_key == Delivery.issue_key,
-                      other.id != Delivery.id)
-    behind = (select(other.id).where(same_issue, other.status.in_(DELIVERY_STUCK),
-                                     other.received_at <= Delivery.received_at)
-              .order_by(other.received_at).limit(1).correlate(Delivery).scalar_subquery())
-    holding = exists().where(same_issue, other.status == DeliveryStatus.HELD).correlate(Delivery)
-    row = session.execute(
-        select(Delivery, ConnectionRow, behind, holding)
-        .join(ConnectionRow, ConnectionRow.id == Delivery.connection_id)
-        .options(joinedload(ConnectionRow.repos))
-        .where(Delivery.id == delivery_id).with_for_update(of=Delivery.__table__)).unique().first()
-    if row is None:
-        return None
-    delivery, connection, behind_id, held = row
-    return Locked(delivery, connection, Stuck(behind_id, bool(held)))
-
-
-def hold(session: Session, d: Delivery, behind: str) -> None:
-    d.status, d.error = DeliveryStatus.HELD, f"waiting behind failed delivery {behind} for {d.issue_key}"
+def hold(session: Session, d: Taken, behind: str) -> None:
+    finish(session, d.id, DeliveryStatus.HELD, f"waiting behind failed delivery {behind} for {d.issue_key}")
     ledger.record(session, connection_id=d.connection_id, direction=Direction.FORWARD, outcome=Outcome.STALE,
                   delivery_id=d.id, detail=f"held: an earlier event of {d.issue_key} failed "
                                            f"({behind}); replay or dismiss it to continue")

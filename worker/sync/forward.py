@@ -1,8 +1,10 @@
 """Forward sync: one stored Bitbucket delivery -> the target side, in one transaction.
 
-The order of work is the design's: lock the delivery (so a re-run sees it done), lock the link
-(so one link's events apply one at a time), normalize, decide each field against the shadow,
-apply to the target, then update shadows and write the ledger in the same transaction.
+The order of work is the design's: the delivery, its connection and what is stuck of its issue
+come read with its run (worker.sync.deliveries.start_run); lock the link (so one link's events
+apply one at a time), normalize, decide each field against the shadow, apply to the target,
+update shadows, write the ledger and mark the delivery done, in one transaction. Marking it
+done is conditional: a second run of the same delivery that gets there second rolls back.
 What an incoming value is (our echo, stale, news) is judged by worker.engine.judge and merged by
 worker.engine.merge; echoes and replaced edits are recorded by worker.sync.echoes, comments by
 worker.sync.forward_comments.
@@ -20,13 +22,14 @@ from sqlalchemy.orm import Session
 from worker import connections
 
 from worker.db import ledger
-from worker.db.models import Connection, Delivery, Link, OutboxEntry, Shadow, utcnow
+from worker.db.models import Connection, Link, OutboxEntry, Shadow, utcnow
 from worker.engine.events import MISSING, SYNCED_FIELDS, IssueEvent, MalformedEvent, normalize
 from worker.engine.judge import Held, Kind, judge
 from worker.engine.markers import find_ticket_marker
 from worker.engine.merge import FieldDecision, ShadowPair, decide_field, is_stale
 from worker.engine.states import DeliveryStatus, Direction, OutboxKind, Outcome, Winner
 from worker.sync import conflicts, deliveries, echoes, forward_comments, outbox, reverse
+from worker.sync.deliveries import Taken
 from worker.sync.target_writes import Direct, Queued, writer_for
 from worker.targets import side_for
 
@@ -44,28 +47,32 @@ class Processed:
     push_link: int | None = None  # a link with helpdesk changes now waiting for Bitbucket
 
 
-def process_delivery(session: Session, delivery_id: str) -> Processed:
-    locked = deliveries.lock(session, delivery_id)
-    if locked is None:
-        return Processed(delivery_id, DeliveryStatus.FAILED, "no such delivery")
-    delivery, conn, stuck = locked
-    if delivery.status != DeliveryStatus.RECEIVED:
+def process_delivery(session: Session, delivery: str | Taken) -> Processed:
+    """Apply one delivery, taken by deliveries.start_run (or read here by its id). A second
+    run of it that finds it done ends with deliveries.AlreadyFinished, and its transaction,
+    rolled back, leaves no effect."""
+    taken = deliveries.read(session, delivery) if isinstance(delivery, str) else delivery
+    if taken is None:
+        return Processed(str(delivery), DeliveryStatus.FAILED, "no such delivery")
+    if taken.status != DeliveryStatus.RECEIVED:
         # A redelivery, a sweeper's second enqueue, or an operator's re-run: no second effect.
-        log.info("sync.delivery_skipped delivery=%s status=%s", delivery_id, delivery.status)
-        return Processed(delivery_id, "skipped", f"already {delivery.status}")
-    if stuck.behind is not None:
-        deliveries.hold(session, delivery, stuck.behind)
-        return Processed(delivery.id, DeliveryStatus.HELD, f"behind {stuck.behind}")
-    session.info["releases"] = stuck.holding
-
+        log.info("sync.delivery_skipped delivery=%s status=%s", taken.id, taken.status)
+        return Processed(taken.id, "skipped", f"already {taken.status}")
+    if taken.behind is not None:
+        deliveries.hold(session, taken, taken.behind)
+        return Processed(taken.id, DeliveryStatus.HELD, f"behind {taken.behind}")
+    conn = connections.cached(session, taken.connection_id, taken.connection_revision)
     try:
-        event = normalize(delivery.event_key, json.loads(delivery.body))
+        event = normalize(taken.event_key, json.loads(taken.body))
     except (MalformedEvent, ValueError) as exc:
-        return _finish(session, conn, delivery, DeliveryStatus.IGNORED, f"malformed payload: {exc}")
+        return _finish(session, conn, taken, DeliveryStatus.IGNORED, f"malformed payload: {exc}")
     if event.issue.repo not in {r.full_name for r in conn.repos}:
-        return _finish(session, conn, delivery, DeliveryStatus.IGNORED,
+        return _finish(session, conn, taken, DeliveryStatus.IGNORED,
                        f"repository {event.issue.repo} is not part of connection {conn.name}")
+    return _apply(session, conn, taken, event)
 
+
+def _apply(session: Session, conn: Connection, delivery: Taken, event: IssueEvent) -> Processed:
     link, shadows = echoes.lock_link(session, conn.id, event.issue.repo, event.issue.issue_id,
                                      event.comment.id if event.comment else None)
     target = writer_for(session, conn)
@@ -95,25 +102,23 @@ def process_delivery(session: Session, delivery_id: str) -> Processed:
     return _finish(session, conn, delivery, DeliveryStatus.PROCESSED, link=link)
 
 
-def _finish(session: Session, conn: Connection, delivery: Delivery, status: str,
+def _finish(session: Session, conn: Connection, delivery: Taken, status: str,
             detail: str = "", link: Link | None = None) -> Processed:
     if status == DeliveryStatus.IGNORED:
         ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.IGNORED,
                       delivery_id=delivery.id, detail=detail)
-    delivery.status = status
-    delivery.error = detail if status in (DeliveryStatus.IGNORED, DeliveryStatus.FAILED) else None
-    delivery.processed_at = utcnow()
+    deliveries.finish(session, delivery.id, status,
+                      detail if status in (DeliveryStatus.IGNORED, DeliveryStatus.FAILED) else None)
     # Held deliveries of the issue wait for this one only if there were any when it started
     # (one can be held only behind a failed one, which then still stops their release).
-    released = (deliveries.release(session, conn.id, delivery.issue_key)
-                if session.info.pop("releases", True) else [])
+    released = deliveries.release(session, conn.id, delivery.issue_key) if delivery.holding else []
     push_link = link.id if link is not None and link.id in outbox.added(session) else None
     log.info("sync.delivery_%s connection=%s delivery=%s event=%s %s", status, conn.name,
              delivery.id, delivery.event_key, detail)
     return Processed(delivery.id, status, detail, released, push_link)
 
 
-def _record_cleaning(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
+def _record_cleaning(session: Session, conn: Connection, delivery: Taken, event: IssueEvent,
                      link: Link) -> None:
     """What normalize changed in the payload's text so it could be stored (NULs, lone
     surrogates, over-long text): said once per delivery, since the ticket no longer shows it."""
@@ -124,7 +129,7 @@ def _record_cleaning(session: Session, conn: Connection, delivery: Delivery, eve
                       detail="text cleaned before storing: " + "; ".join(event.cleaned))
 
 
-def _create_link(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
+def _create_link(session: Session, conn: Connection, delivery: Taken, event: IssueEvent,
                  target: Direct | Queued) -> Link:
     """First sight of an issue (created now, or before the connection existed)."""
     tables = connections.tables_for(conn)
@@ -165,7 +170,7 @@ def _create_link(session: Session, conn: Connection, delivery: Delivery, event: 
     return link
 
 
-def _update_link(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
+def _update_link(session: Session, conn: Connection, delivery: Taken, event: IssueEvent,
                  link: Link, target: Direct | Queued, shadows: dict[str, Shadow]) -> None:
     tables = connections.tables_for(conn)
     current = target.read(link)
@@ -223,7 +228,7 @@ def _update_link(session: Session, conn: Connection, delivery: Delivery, event: 
                              "no synced field differs from the last agreed state")
 
 
-def _adopt_escalation(session: Session, conn: Connection, delivery: Delivery,
+def _adopt_escalation(session: Session, conn: Connection, delivery: Taken,
                       event: IssueEvent) -> Link | None:
     """An issue we created by escalating a ticket: link it to that ticket, never make a second.
     The webhook can beat the escalation's own commit, so the marker decides, not the link."""
@@ -252,7 +257,7 @@ def _adopt_escalation(session: Session, conn: Connection, delivery: Delivery,
     return link
 
 
-def _record_decision(session: Session, conn: Connection, delivery: Delivery, event: IssueEvent,
+def _record_decision(session: Session, conn: Connection, delivery: Taken, event: IssueEvent,
                      link: Link, d: FieldDecision, *, shadow: Shadow | None = None,
                      created: bool = False) -> None:
     if d.new_shadow is not None:

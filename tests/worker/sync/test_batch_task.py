@@ -43,12 +43,13 @@ def test_one_delivery_that_fails_or_must_wait_does_not_hold_back_the_rest(harnes
     fine, locked, broken, also_fine = ids
     real = forward.process_delivery
 
-    def flaky(session, delivery_id):
+    def flaky(session, delivery):
+        delivery_id = getattr(delivery, "id", delivery)  # the task hands in its taken run
         if delivery_id == locked:
             raise OperationalError("UPDATE links ...", {}, Exception("lock timeout"))
         if delivery_id == broken:
             raise RuntimeError("a bug")
-        return real(session, delivery_id)
+        return real(session, delivery)
 
     retried = []
     monkeypatch.setattr(forward, "process_delivery", flaky)

@@ -41,6 +41,26 @@ def test_delivery_that_never_finishes_is_dead_lettered_not_looped(harness):
         assert "dead-lettered" in entry.detail
 
 
+def test_a_batch_dead_letters_only_the_delivery_that_keeps_killing_its_worker(harness, monkeypatch):
+    """A message of three: the first kills its worker every time. Each redelivery counts a run
+    for all three (one statement for the message), so the two behind it reach the limit with
+    it; only the first is dead-lettered, and the other two are then processed."""
+    from worker.queue import tasks
+    monkeypatch.setattr(tasks, "enqueue", lambda *job: True)
+    h = harness
+    for title in ("Poison", "Fine", "Also fine"):
+        h.api("POST", "/issues", json={"title": title})
+    assert h.state.wait_for_deliveries(10)
+    with transaction() as session:
+        ids = list(session.scalars(select(Delivery.id).order_by(Delivery.received_at)))
+    for _ in range(deliveries.MAX_RUNS):  # started, then the worker died in the first one
+        with transaction() as session:
+            deliveries.start_runs(session, ids)
+    assert set(_statuses().values()) == {"received"}
+    assert tasks.process_deliveries(ids) == {ids[0]: "skipped", ids[1]: "processed", ids[2]: "processed"}
+    assert [_statuses()[i] for i in ids] == ["failed", "processed", "processed"]
+
+
 def test_later_events_of_an_issue_wait_behind_a_failed_one_until_it_is_replayed(harness):
     h = harness
     issue = h.api("POST", "/issues", json={"title": "Ordered", "priority": "major"})
