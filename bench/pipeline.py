@@ -1,18 +1,30 @@
-"""End-to-end pipeline: webhook -> ticket throughput, latency, and reconciliation cost.
+"""End-to-end pipeline: webhook -> ticket throughput against a floor, latency, and reconciliation cost.
 
-    .venv/bin/python bench/pipeline.py [--events 400] [--senders 8] [--rate 50] [--seconds 20]
-                                       [--issues 10000] [--changed 100]
+    .venv/bin/python bench/pipeline.py [--floor-events 1500] [--floor-rounds 2] [--events 400]
+                                       [--senders 8] [--rate 50] [--seconds 20]
+                                       [--issues 10000] [--changed 100] [--skip 0,1,2,3]
 
 Needs PostgreSQL and Redis (TEST_POSTGRES_URL / TEST_REDIS_URL, defaults on 127.0.0.1). The web
-app (gunicorn) and celery workers (--pool=solo) run as real processes on a fresh database and
-a unique queue. A delivery's end-to-end time is its `processed_at` (PostgreSQL) minus the
-moment this script sent its POST (wall clock, same machine).
+app (gunicorn) and celery workers run as real processes on a fresh database and a unique
+queue. A delivery's end-to-end time is its `processed_at` (PostgreSQL) minus the moment this
+script sent its POST (wall clock, same machine). Webhooks are signed and sent over HTTP by
+keep-alive clients, one per sender thread (bench/webhook_load.py).
 
-1. Sustained throughput with ONE worker process, then with TWO (the baseline is one): a burst
-   of --events issue:created events for distinct issues from --senders threads; events/s
-   from the first send to the last processed_at.
+0. Throughput against a floor (bench/floor_part.py): a plain durable pipeline as a tutorial
+   writes it (bench/floor.py: HMAC, INSERT, one Celery task per delivery; the task parses, writes
+   a ledger row and marks the delivery processed in one transaction), on a database and queue of
+   its own. Both run from the Procfile's command lines (gunicorn with config/gunicorn.conf.py;
+   `celery -A <app> worker --loglevel=INFO --concurrency=4`, prefork), and are measured
+   alternately, --floor-rounds times, with --floor-events distinct issue:created events from
+   --senders senders, first send -> last processed. Reports both pipelines' events/s and the ratio
+   bbsync/floor (median of rounds), and per event: machine CPU, the celery worker's CPU, commits
+   (pg_stat_database) and WAL writes and flushes (pg_stat_wal, cluster-wide).
+1. Sustained throughput with ONE worker process (--pool=solo), then with TWO (the baseline is
+   one): a burst of --events issue:created events for distinct issues from --senders threads;
+   events/s from the first send to the last processed_at; CPU per event of the machine and of
+   the celery workers.
 2. p50/p99 end-to-end latency at a paced offered load (--rate events/s for --seconds) with
-   two workers.
+   two workers, and the workers' CPU per event at that rate (against part 1's 2-worker burst).
 3. Reconciliation after --changed of --issues issues changed (their webhooks lost), against a
    full scan (listing every issue with the product's client) in the same run: beat's 5-minute
    issue pass, then its hourly comment pass (which lists comments per issue touched). The Bitbucket simulator runs in
@@ -23,12 +35,9 @@ A part that cannot be measured prints "not measured: <reason>" instead of stoppi
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import logging
 import os
 import sys
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -37,153 +46,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import httpx2  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 
-from bench.machine import machine_cpu  # noqa: E402
-from webhooks.signatures import sign  # noqa: E402
+from bench import floor_part  # noqa: E402
+from bench.webhook_load import WEBHOOK_REPO, Sender, burst, celery_cpu, pct, wait_processed  # noqa: E402
 from devstack.stack import Stack  # noqa: E402
 
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-TEMPLATE = json.loads((ROOT / "tests" / "fixtures" / "webhooks" /
-                       "kanboard__bitbucket_issue_opened.json").read_text())
-WEBHOOK_REPO = TEMPLATE["repository"]["full_name"]
 SECRET = "bench-secret-" + uuid.uuid4().hex[:8]
 RECON_USER = ("bench@acme.example", "tok")
 
 
-# -- sending webhooks --------------------------------------------------------------------------
+# -- paced load ------------------------------------------------------------------------------
 
-class Sender:
-    """Signed issue:created webhooks for distinct issues; records send times by delivery id."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.next_issue = 1000
-        self.lock = threading.Lock()
-
-    def _body(self, issue_id: int) -> bytes:
-        d = copy.deepcopy(TEMPLATE)
-        now = datetime.now(timezone.utc).isoformat()
-        d["issue"]["id"] = issue_id
-        d["issue"]["title"] = f"bench issue {issue_id}"
-        d["issue"]["created_on"] = now
-        d["issue"]["updated_on"] = now
-        return json.dumps(d).encode()
-
-    def take_ids(self, n: int) -> list[int]:
-        with self.lock:
-            ids = list(range(self.next_issue, self.next_issue + n))
-            self.next_issue += n
-            return ids
-
-    def send(self, n: int, threads: int, rate: float | None = None, deadline_s: float = 300) -> dict:
-        """Send n events (paced at `rate`/s if given, else as fast as `threads` allow).
-        Returns {delivery_id: send wall time}, plus failures."""
-        ids = self.take_ids(n)
-        bodies = [self._body(i) for i in ids]
-        sent: dict[str, float] = {}
-        errors: list[str] = []
-        idx = iter(range(n))
-        lock = threading.Lock()
-        start = time.monotonic()
-        stop_at = start + deadline_s
-
-        def loop() -> None:
-            with httpx2.Client(timeout=30) as client:
-                while time.monotonic() < stop_at:
-                    with lock:
-                        k = next(idx, None)
-                    if k is None:
-                        return
-                    if rate:
-                        delay = start + k / rate - time.monotonic()
-                        if delay > 0:
-                            time.sleep(delay)
-                    body = bodies[k]
-                    headers = {"X-Event-Key": "issue:created", "X-Request-UUID": str(uuid.uuid4()),
-                               "X-Hub-Signature": sign(SECRET, body), "Content-Type": "application/json"}
-                    t = time.time()
-                    try:
-                        resp = client.post(self.url, content=body, headers=headers)
-                    except httpx2.TransportError as exc:
-                        with lock:
-                            errors.append(type(exc).__name__)
-                        continue
-                    if resp.status_code != 202:
-                        with lock:
-                            errors.append(str(resp.status_code))
-                        continue
-                    with lock:
-                        sent[resp.json()["delivery"]] = t
-
-        ts = [threading.Thread(target=loop, daemon=True) for _ in range(threads)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(deadline_s + 60)
-        return {"sent": sent, "errors": errors, "send_seconds": time.monotonic() - start}
-
-
-def wait_processed(db_url: str, ids: list[str], timeout: float) -> dict[str, tuple[str, float | None]]:
-    """Poll until every delivery has processed_at (or timeout); {id: (status, processed_ts)}."""
-    deadline = time.monotonic() + timeout
-    rows: dict[str, tuple[str, float | None]] = {}
-    with psycopg.connect(db_url, autocommit=True) as c:
-        while True:
-            rows = {i: (st, p.timestamp() if p else None) for i, st, p in c.execute(
-                "select id, status, processed_at from deliveries where id = any(%s)", (ids,))}
-            done = sum(1 for st, p in rows.values() if p is not None)
-            if done >= len(ids) or time.monotonic() > deadline:
-                return rows
-            time.sleep(0.1)
-
-
-def burst(db_url: str, sender: Sender, n: int, threads: int, timeout: float) -> dict:
-    cpu0 = machine_cpu()
-    res = sender.send(n, threads)
-    sent = res["sent"]
-    if not sent:
-        return {"error": f"no event accepted ({res['errors'][:3]})"}
-    rows = wait_processed(db_url, list(sent), timeout)
-    cpu1 = machine_cpu()
-    done = {i: p for i, (st, p) in rows.items() if p is not None}
-    first = min(sent.values())
-    last = max(done.values()) if done else float("nan")
-    lat = sorted(done[i] - sent[i] for i in done)
-    statuses: dict[str, int] = {}
-    for st, _ in rows.values():
-        statuses[st] = statuses.get(st, 0) + 1
-    return {"accepted": len(sent), "errors": len(res["errors"]), "processed": len(done),
-            "statuses": statuses, "seconds": last - first,
-            "eps": len(done) / (last - first) if done else 0.0,
-            "p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99), "send_seconds": res["send_seconds"],
-            # Machine-wide, over the burst and the polling after it: how busy the cores were,
-            # and the CPU one event cost across every process (a ceiling: cores / cost).
-            "busy": (cpu1[0] - cpu0[0]) / max(1e-9, cpu1[1] - cpu0[1]),
-            "cpu_ms": 1000 * (cpu1[0] - cpu0[0]) / max(1, len(done)),
-            "cores": os.cpu_count() or 1}
-
-
-def paced(db_url: str, sender: Sender, rate: float, seconds: float, threads: int, timeout: float) -> dict:
+def paced(db_url: str, sender: Sender, rate: float, seconds: float, threads: int, timeout: float,
+          groups: list[int]) -> dict:
+    """`groups`: the celery workers' process groups, whose CPU per event is counted."""
     n = int(rate * seconds)
+    ccpu0 = celery_cpu(groups)
     res = sender.send(n, threads, rate=rate, deadline_s=seconds + 60)
     sent = res["sent"]
     if not sent:
         return {"error": f"no event accepted ({res['errors'][:3]})"}
     rows = wait_processed(db_url, list(sent), timeout)
+    ccpu1 = celery_cpu(groups)
     done = {i: p for i, (st, p) in rows.items() if p is not None}
     lat = sorted(done[i] - sent[i] for i in done)
     return {"offered": n, "accepted": len(sent), "errors": len(res["errors"]), "processed": len(done),
             "achieved_rate": len(sent) / res["send_seconds"],
-            "p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99), "max": lat[-1] if lat else float("nan")}
-
-
-def _pct(xs: list[float], q: float) -> float:
-    return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))] if xs else float("nan")
+            "p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "max": lat[-1] if lat else float("nan"),
+            "celery_ms": 1000 * (ccpu1 - ccpu0) / max(1, len(done))}
 
 
 # -- reconciliation --------------------------------------------------------------------------
@@ -262,8 +157,67 @@ def reconcile_part(stack: Stack, db_url: str, n_issues: int, changed: int, timeo
 
 # -- main --------------------------------------------------------------------------------------
 
-def main() -> int:
+def report_throughput(one: dict, two: dict) -> list[str]:
+    out = ["1. sustained throughput webhook -> ticket (burst, first send -> last processed_at):"]
+    for name, x in (("1 worker ", one), ("2 workers", two)):
+        if "error" in x:
+            out.append(f"   {name}: not measured: {x['error']}")
+            continue
+        out.append(f"   {name}: {x['eps']:7.1f} events/s  ({x['processed']}/{x['accepted']} "
+                   f"processed in {x['seconds']:.2f} s, send phase {x['send_seconds']:.2f} s, "
+                   f"p50 {1000 * x['p50']:.0f} ms, p99 {1000 * x['p99']:.0f} ms, "
+                   f"statuses {x['statuses']}, send errors {x['errors']})")
+        out.append(f"              machine CPU busy {100 * x['busy']:.0f}% of {x['cores']} cores, "
+                   f"{x['cpu_ms']:.1f} ms of CPU per event (all processes): a ceiling of "
+                   f"~{1000 * x['cores'] / x['cpu_ms']:.0f} events/s on this machine; "
+                   f"celery workers {x['celery_ms']:.2f} ms of CPU per event")
+    if "error" not in one and "error" not in two and one["eps"]:
+        out.append(f"   ratio 2-workers/1-worker: {two['eps'] / one['eps']:.2f}")
+    if "error" not in one and one["processed"] < one["accepted"] or \
+            "error" not in two and two["processed"] < two["accepted"]:
+        out.append("   NOTE: not every accepted event was processed within the timeout")
+    return out
+
+
+def report_latency(lat: dict, rate: float, two: dict | None) -> list[str]:
+    if "error" in lat:
+        return [f"2. latency: not measured: {lat['error']}"]
+    out = [f"2. end-to-end latency at {rate:g} events/s offered (two workers, "
+           f"achieved send rate {lat['achieved_rate']:.1f}/s): p50 {1000 * lat['p50']:.1f} ms, "
+           f"p99 {1000 * lat['p99']:.1f} ms, max {1000 * lat['max']:.1f} ms "
+           f"({lat['processed']}/{lat['accepted']} processed of {lat['offered']} offered, "
+           f"send errors {lat['errors']})"]
+    line = f"   celery workers: {lat['celery_ms']:.2f} ms of CPU per event at this rate"
+    if two and "error" not in two and two["celery_ms"]:
+        line += (f", {lat['celery_ms'] / two['celery_ms']:.2f}x the 2-worker burst's "
+                 f"{two['celery_ms']:.2f} ms (part 1)")
+    return out + [line]
+
+
+def report_reconcile(x: dict) -> list[str]:
+    out: list[str] = []
+    if "error" in x:
+        out.append(f"3. reconciliation: not measured: {x['error']}")
+    else:
+        out.append(f"3. reconciliation, {x['issues']} issues of which {x['changed']} changed "
+                   f"(setup: created in-process {x['create_s']:.1f} s, dated one a minute into the past, backfill "
+                   f"{x['backfill_s']:.1f} s, {x['backfill_calls']} calls, {x['backfill_seen']} seen)")
+        out.append(f"   issue pass (every 5 min): {x['rec_calls']} API calls (its report: "
+                   f"{x['rec_reported_calls']}), {x['rec_s'] * 1000:.0f} ms, {x['rec_seen']} issues "
+                   f"seen, outcomes {x['rec_outcomes']}" + (f", errors {x['rec_errors']}" if x['rec_errors'] else ""))
+        out.append(f"   comment pass (hourly): {x['com_calls']} API calls, {x['com_s'] * 1000:.0f} ms, "
+                   f"{x['com_seen']} issues seen, comments of {x['com_scans']} listed")
+        out.append(f"   full scan (iter_issues pagelen=100): {x['full_calls']} API calls, "
+                   f"{x['full_s'] * 1000:.0f} ms, {x['full_listed']} issues listed")
+        out.append(f"   ratio full/reconcile: calls {x['full_calls'] / max(1, x['rec_calls']):.1f}x, "
+                   f"time {x['full_s'] / x['rec_s']:.1f}x" if x["rec_s"] else "   ratio: n/a")
+    return out
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--floor-events", type=int, default=1500, help="events per round of part 0")
+    ap.add_argument("--floor-rounds", type=int, default=2, help="rounds of part 0 (each: floor, then bbsync)")
     ap.add_argument("--events", type=int, default=400, help="events per throughput burst")
     ap.add_argument("--senders", type=int, default=8, help="sender threads")
     ap.add_argument("--rate", type=float, default=50, help="offered load for the latency part")
@@ -271,8 +225,12 @@ def main() -> int:
     ap.add_argument("--issues", type=int, default=10000, help="issues for the reconciliation part")
     ap.add_argument("--changed", type=int, default=100, help="of which changed before reconciling")
     ap.add_argument("--timeout", type=float, default=300, help="max seconds to wait per part")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip (1,2,3)")
-    args = ap.parse_args()
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip (0,1,2,3)")
+    return ap.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     skip = set(args.skip.split(","))
 
@@ -292,53 +250,36 @@ def main() -> int:
     env = dict(os.environ)
     stack = Stack(env=env, log_dir=tmp)
     r = redis.Redis.from_url(REDIS_URL)
-    out: list[str] = [f"pipeline benchmark: events {args.events} ({args.senders} senders), "
+    out: list[str] = [f"pipeline benchmark: floor vs bbsync {args.floor_rounds} x {args.floor_events} events, "
+                      f"events {args.events} ({args.senders} senders), "
                       f"paced {args.rate:g}/s x {args.seconds:g} s, reconcile {args.issues} issues / "
                       f"{args.changed} changed"]
     try:
         stack.run("db", "upgrade")
         stack.run("connection", "add", "bench", "--repo", WEBHOOK_REPO, "--webhook-secret", SECRET)
         web = stack.start_web()  # what production runs (config/gunicorn.conf.py)
-        sender = Sender(f"{web}/webhooks/bitbucket/bench")
+        sender = Sender(f"{web}/webhooks/bitbucket/bench", SECRET)
 
+        if "0" not in skip:
+            out += floor_part.run(stack, sender, db_url, pg_url=PG_URL, redis_url=REDIS_URL, log_dir=tmp,
+                                  events=args.floor_events, rounds=args.floor_rounds,
+                                  senders=args.senders, timeout=args.timeout)
         one = two = None
+        workers: list[int] = []
         if "1" not in skip or "2" not in skip:
-            stack.start_worker("worker-1")
+            workers.append(stack.start_worker("worker-1").pid)  # its own session: pid = process group
             burst(db_url, sender, 20, args.senders, 60)  # warm-up: imports, pools, caches
         if "1" not in skip:
-            one = burst(db_url, sender, args.events, args.senders, args.timeout)
+            one = burst(db_url, sender, args.events, args.senders, args.timeout, groups=workers)
         if "1" not in skip or "2" not in skip:
-            stack.start_worker("worker-2")
+            workers.append(stack.start_worker("worker-2").pid)
             burst(db_url, sender, 20, args.senders, 60)
         if "1" not in skip:
-            two = burst(db_url, sender, args.events, args.senders, args.timeout)
-            out.append("1. sustained throughput webhook -> ticket (burst, first send -> last processed_at):")
-            for name, x in (("1 worker ", one), ("2 workers", two)):
-                if "error" in x:
-                    out.append(f"   {name}: not measured: {x['error']}")
-                else:
-                    out.append(f"   {name}: {x['eps']:7.1f} events/s  ({x['processed']}/{x['accepted']} "
-                               f"processed in {x['seconds']:.2f} s, send phase {x['send_seconds']:.2f} s, "
-                               f"p50 {1000 * x['p50']:.0f} ms, p99 {1000 * x['p99']:.0f} ms, "
-                               f"statuses {x['statuses']}, send errors {x['errors']})")
-                    out.append(f"              machine CPU busy {100 * x['busy']:.0f}% of {x['cores']} cores, "
-                               f"{x['cpu_ms']:.1f} ms of CPU per event (all processes): a ceiling of "
-                               f"~{1000 * x['cores'] / x['cpu_ms']:.0f} events/s on this machine")
-            if "error" not in one and "error" not in two and one["eps"]:
-                out.append(f"   ratio 2-workers/1-worker: {two['eps'] / one['eps']:.2f}")
-            if "error" not in one and one["processed"] < one["accepted"] or \
-                    "error" not in two and two["processed"] < two["accepted"]:
-                out.append("   NOTE: not every accepted event was processed within the timeout")
+            two = burst(db_url, sender, args.events, args.senders, args.timeout, groups=workers)
+            out += report_throughput(one, two)
         if "2" not in skip:
-            lat = paced(db_url, sender, args.rate, args.seconds, args.senders, args.timeout)
-            if "error" in lat:
-                out.append(f"2. latency: not measured: {lat['error']}")
-            else:
-                out.append(f"2. end-to-end latency at {args.rate:g} events/s offered (two workers, "
-                           f"achieved send rate {lat['achieved_rate']:.1f}/s): p50 {1000 * lat['p50']:.1f} ms, "
-                           f"p99 {1000 * lat['p99']:.1f} ms, max {1000 * lat['max']:.1f} ms "
-                           f"({lat['processed']}/{lat['accepted']} processed of {lat['offered']} offered, "
-                           f"send errors {lat['errors']})")
+            lat = paced(db_url, sender, args.rate, args.seconds, args.senders, args.timeout, workers)
+            out += report_latency(lat, args.rate, two)
         for name in list(stack.procs):  # part 3 runs in this process: stop web and workers
             stack.stop(name)
 
@@ -347,21 +288,7 @@ def main() -> int:
                 x = reconcile_part(stack, db_url, args.issues, args.changed, args.timeout * 4)
             except Exception as exc:  # report, do not crash the run
                 x = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-            if "error" in x:
-                out.append(f"3. reconciliation: not measured: {x['error']}")
-            else:
-                out.append(f"3. reconciliation, {x['issues']} issues of which {x['changed']} changed "
-                           f"(setup: created in-process {x['create_s']:.1f} s, dated one a minute into the past, backfill "
-                           f"{x['backfill_s']:.1f} s, {x['backfill_calls']} calls, {x['backfill_seen']} seen)")
-                out.append(f"   issue pass (every 5 min): {x['rec_calls']} API calls (its report: "
-                           f"{x['rec_reported_calls']}), {x['rec_s'] * 1000:.0f} ms, {x['rec_seen']} issues "
-                           f"seen, outcomes {x['rec_outcomes']}" + (f", errors {x['rec_errors']}" if x['rec_errors'] else ""))
-                out.append(f"   comment pass (hourly): {x['com_calls']} API calls, {x['com_s'] * 1000:.0f} ms, "
-                           f"{x['com_seen']} issues seen, comments of {x['com_scans']} listed")
-                out.append(f"   full scan (iter_issues pagelen=100): {x['full_calls']} API calls, "
-                           f"{x['full_s'] * 1000:.0f} ms, {x['full_listed']} issues listed")
-                out.append(f"   ratio full/reconcile: calls {x['full_calls'] / max(1, x['rec_calls']):.1f}x, "
-                           f"time {x['full_s'] / x['rec_s']:.1f}x" if x["rec_s"] else "   ratio: n/a")
+            out += report_reconcile(x)
         print("\n".join(out))
         return 0
     finally:
