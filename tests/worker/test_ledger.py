@@ -24,10 +24,41 @@ def conn_id(session) -> int:
 
 
 def add(session, conn_id: int, outcome: str = "applied", **fields) -> LedgerEntry:
-    entry = ledger.record(session, connection_id=conn_id, direction=fields.pop("direction", "forward"),
-                          outcome=outcome, **fields)
+    """Record an entry as the sync does (pending until the next query), then read it back."""
+    assert ledger.record(session, connection_id=conn_id, direction=fields.pop("direction", "forward"),
+                         outcome=outcome, **fields) is None
+    return session.scalar(select(LedgerEntry).order_by(LedgerEntry.id.desc()).limit(1))
+
+
+def test_pending_rows_are_seen_by_the_next_query_in_order_and_go_with_a_rollback(session, conn_id):
+    for i in range(3):
+        ledger.record(session, connection_id=conn_id, direction="forward", outcome="noop", field=f"f{i}")
+    opened = ledger.record(session, orm=True, connection_id=conn_id, direction="forward",
+                           outcome="conflict", field="priority")
     session.flush()
-    return entry
+    assert opened.id is not None  # the entry an open conflict names
+    assert [e.field for e in session.scalars(select(LedgerEntry).order_by(LedgerEntry.id))] == \
+        ["f0", "f1", "f2", "priority"]
+    ledger.record(session, connection_id=conn_id, direction="forward", outcome="noop", field="lost")
+    session.rollback()
+    session.commit()
+    assert session.scalar(select(func.count()).select_from(LedgerEntry)) == 0
+
+
+def test_pending_rows_are_committed_with_the_transaction(db, conn_id):
+    from worker.db.session import transaction
+    with transaction() as s:
+        ledger.record(s, connection_id=conn_id, direction="reverse", outcome="applied", field="status",
+                      old_value="open", new_value="resolved")
+    with transaction() as s:
+        [entry] = s.scalars(select(LedgerEntry))
+        assert (entry.direction, entry.field, entry.old_value, entry.new_value) == \
+            ("reverse", "status", "open", "resolved")
+
+
+def test_a_misnamed_column_is_an_error_at_once(session, conn_id):
+    with pytest.raises(TypeError, match="not ledger columns"):
+        ledger.record(session, connection_id=conn_id, direction="forward", outcome="noop", feild="x")
 
 
 # --- record -------------------------------------------------------------------------------

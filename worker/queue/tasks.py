@@ -83,30 +83,66 @@ def process_delivery(self, delivery_id: str) -> str:
 def process_deliveries(delivery_ids: list[str]) -> dict[str, str]:
     """Deliveries a web process stored together, in the order they arrived: one message for
     several is what lets the receiver answer fast (a message costs the web process more CPU
-    than storing the delivery does). Each is processed exactly as `process_delivery` would,
-    and isolated from the others: one that must be retried goes on as a task of its own, one
-    that fails is recorded, and the rest of the batch goes on. A redelivered batch (its worker
-    died) finds its finished deliveries done; the sweeper queues any it cannot reach soon."""
+    than storing the delivery does). Their runs are counted in one statement, then they are
+    applied in one transaction (one commit, one WAL flush for all). If any of them fails,
+    that transaction is rolled back whole and each is processed alone, exactly as
+    `process_delivery` would: one that must be retried goes on as a task of its own, one that
+    fails is recorded, and the rest go on. Nothing is acknowledged before its commit. A
+    redelivered batch (its worker died) finds its finished deliveries done; the sweeper queues
+    any it cannot reach soon."""
     try:  # every run counted in one statement and one commit
         with transaction() as session:
             started = deliveries.start_runs(session, delivery_ids)
     except RETRYABLE as exc:  # e.g. a deadlock with a second copy of this message: one at a time
         log.info("sync.batch_start_retry error=%s", exc.__class__.__name__)
         started = None
+    if started is not None and len(delivery_ids) > 1:
+        together = _run_together(delivery_ids, started)
+        if together is not None:
+            return together
     outcomes: dict[str, str] = {}
+    stopped: set[tuple[int, str | None]] = set()  # issues with a delivery that failed just now
     for delivery_id in delivery_ids:
+        taken = started.get(delivery_id) if started is not None else None
+        if taken is not None and (taken.connection_id, taken.issue_key) in stopped:
+            with transaction() as session:  # read again: it must now wait behind that one
+                taken = deliveries.read(session, delivery_id)
         try:
-            if started is None:
-                outcomes[delivery_id] = _run_delivery(delivery_id)
-            else:
-                outcomes[delivery_id] = _run_delivery(delivery_id, started.get(delivery_id))
+            outcomes[delivery_id] = (_run_delivery(delivery_id) if started is None
+                                     else _run_delivery(delivery_id, taken))
         except RETRYABLE as exc:
             log.info("sync.delivery_retry delivery=%s error=%s", delivery_id, exc.__class__.__name__)
             outcomes[delivery_id] = "retrying" if _retry_alone(delivery_id) else "waiting"
         except Exception as exc:
             _mark_failed(delivery_id, f"{exc.__class__.__name__}: {exc}")
             outcomes[delivery_id] = "failed"
+        if outcomes[delivery_id] in (DeliveryStatus.FAILED, DeliveryStatus.HELD) and taken is not None:
+            stopped.add((taken.connection_id, taken.issue_key))
     return outcomes
+
+
+def _run_together(delivery_ids: list[str], started: dict[str, deliveries.Taken]) -> dict[str, str] | None:
+    """Apply a message's deliveries in one transaction; None (rolled back, nothing changed) if
+    any of them raised, or was not a plain apply (held, failed), for the caller to take them
+    one by one."""
+    outcomes = {i: "skipped" for i in delivery_ids
+                if i not in started or started[i].status != DeliveryStatus.RECEIVED}
+    runnable = [started[i] for i in delivery_ids if i not in outcomes]
+    if any(t.behind is not None for t in runnable):
+        return None
+    try:
+        with transaction() as session:
+            done = [forward.process_delivery(session, t) for t in runnable]
+    except Exception as exc:  # any: one failing event never takes the others with it
+        log.info("sync.batch_split deliveries=%d error=%s", len(runnable), exc.__class__.__name__)
+        return None
+    for outcome in done:
+        outcomes[outcome.delivery_id] = outcome.status
+        for released in outcome.released:
+            enqueue_delivery(released)
+    for link_id in dict.fromkeys(o.push_link for o in done if o.push_link is not None):
+        enqueue("push_link", link_id)
+    return {i: outcomes[i] for i in delivery_ids}
 
 
 def _retry_alone(delivery_id: str) -> bool:

@@ -4,9 +4,10 @@ sees: dead letters, replays, dismissals, and the events held behind a failed one
 events never apply out of order)."""
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Callable, NamedTuple, TypeVar
 
-from sqlalchemy import Connection, and_, exists, select, tuple_, update
+from sqlalchemy import Connection, and_, bindparam, exists, select, tuple_
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased
 
@@ -92,7 +93,9 @@ class AlreadyFinished(Exception):
     so that it has no second effect."""
 
 
+@lru_cache(maxsize=1)
 def _columns() -> tuple:
+    """Built once: a statement's construction and cache key cost more than its round trip."""
     other = aliased(Delivery)
     same_issue = and_(other.connection_id == Delivery.connection_id, other.issue_key == Delivery.issue_key,
                       other.id != Delivery.id)
@@ -106,6 +109,23 @@ def _columns() -> tuple:
             Delivery.status, Delivery.runs, revision, behind, holding)
 
 
+@lru_cache(maxsize=1)
+def _start_statement():
+    table = Delivery.__table__
+    return (table.update().where(table.c.id.in_(bindparam("ids", expanding=True)),
+                                 table.c.status == DeliveryStatus.RECEIVED)
+            .values(runs=table.c.runs + 1).returning(*_columns()))
+
+
+@lru_cache(maxsize=1)
+def _finish_statement():
+    table = Delivery.__table__
+    return (table.update().where(table.c.id == bindparam("delivery_id"),
+                                 table.c.status == DeliveryStatus.RECEIVED)
+            .values(status=bindparam("status"), error=bindparam("error"),
+                    processed_at=bindparam("processed_at")))
+
+
 def start_run(session: Session, delivery_id: str) -> Taken | None:
     """Count one more start of processing and read what processing needs, in one statement;
     dead-letter a delivery that keeps not finishing. Runs in its own transaction, committed
@@ -117,10 +137,7 @@ def start_run(session: Session, delivery_id: str) -> Taken | None:
 def start_runs(session: Session, delivery_ids: list[str]) -> dict[str, Taken]:
     """start_run for several deliveries (a message's), in one statement and so one commit;
     deliveries not found are left out."""
-    rows = session.execute(update(Delivery).where(
-        Delivery.id.in_(delivery_ids), Delivery.status == DeliveryStatus.RECEIVED)
-        .values(runs=Delivery.runs + 1).returning(*_columns())
-        .execution_options(synchronize_session=False)).all()
+    rows = session.connection().execute(_start_statement(), {"ids": list(delivery_ids)}).all()
     taken = {row[0]: Taken(*row[:9], bool(row[9])) for row in rows}
     for delivery_id in delivery_ids:
         if delivery_id not in taken:  # not waiting (done, failed, held) or not there
@@ -150,10 +167,9 @@ def finish(session: Session, delivery_id: str, status: str, error: str | None) -
     """Mark the delivery done, if it is still waiting: a concurrent run that finished it first
     makes this raise AlreadyFinished (the row lock makes the second wait for the first's
     commit, then find it done), and the caller's transaction rolls back."""
-    done = session.execute(update(Delivery).where(
-        Delivery.id == delivery_id, Delivery.status == DeliveryStatus.RECEIVED)
-        .values(status=status, error=error, processed_at=utcnow())
-        .execution_options(synchronize_session=False))
+    # Core, not an ORM update: what the session holds is flushed with it at commit.
+    done = session.connection().execute(_finish_statement(), {
+        "delivery_id": delivery_id, "status": status, "error": error, "processed_at": utcnow()})
     if done.rowcount != 1:
         raise AlreadyFinished(delivery_id)
 

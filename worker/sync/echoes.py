@@ -8,7 +8,9 @@ says when it happened.
 """
 from __future__ import annotations
 
-from sqlalchemy import exists, literal, select
+from functools import lru_cache
+
+from sqlalchemy import bindparam, exists, literal, select
 from sqlalchemy.orm import Session
 
 from worker import connections
@@ -50,7 +52,8 @@ def record_overwritten(session: Session, conn: Connection, delivery: Delivery, e
             winner = pick_winner(policy, "bitbucket", event.issue.updated_at, row.created_at)
             shadow = session.get(Shadow, (link.id, field))
             entry = ledger.record(
-                session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.CONFLICT, field=field,
+                session, orm=winner is None,  # an open conflict names its entry
+                connection_id=conn.id, direction=DIRECTION, outcome=Outcome.CONFLICT, field=field,
                 link_id=link.id, delivery_id=delivery.id, actor=event.actor, policy=policy,
                 winner=winner, bitbucket_value=value, target_value=current.fields.get(field),
                 base_value=replaced["base"], bitbucket_at=event.issue.updated_at,
@@ -105,16 +108,9 @@ def lock_link(session: Session, connection_id: int, repo: str, issue_id: int,
     write of ours to the issue is recent enough for its echo to be on the way: as a rule none
     is, and `in_flight` then answers without a query. With `comment_id`, whether that comment
     is copied already (for worker.sync.forward_comments, also without a query of its own)."""
-    recent = exists().where(OutboxEntry.link_id == Link.id, to_bitbucket(OutboxKind.FIELDS),
-                            OutboxEntry.state.in_((OutboxState.SENDING, OutboxState.SENT)),
-                            OutboxEntry.created_at >= utcnow() - ECHO_WINDOW).correlate(Link)
-    copied = (exists().where(CommentLink.link_id == Link.id, CommentLink.bitbucket_comment_id == comment_id)
-              .correlate(Link) if comment_id is not None else literal(False))
-    rows = session.execute(
-        select(Link, Shadow, recent, copied).outerjoin(Shadow, Shadow.link_id == Link.id)
-        .where(Link.connection_id == connection_id, Link.bitbucket_repo == repo,
-               Link.bitbucket_issue_id == issue_id)
-        .with_for_update(of=Link.__table__, key_share=True)).all()
+    rows = session.execute(_lock_link_statement(comment_id is not None), {
+        "connection_id": connection_id, "repo": repo, "issue_id": issue_id, "comment_id": comment_id,
+        "since": utcnow() - ECHO_WINDOW}).all()
     if not rows:
         return None, {}
     link = rows[0][0]
@@ -123,6 +119,21 @@ def lock_link(session: Session, connection_id: int, repo: str, issue_id: int,
     if comment_id is not None:
         session.info.setdefault("comments_copied", {})[(link.id, comment_id)] = bool(rows[0][3])
     return link, {row[1].field: row[1] for row in rows if row[1] is not None}
+
+
+@lru_cache(maxsize=2)
+def _lock_link_statement(with_comment: bool):
+    """Built once: a statement's construction and cache key cost more than its round trip."""
+    recent = exists().where(OutboxEntry.link_id == Link.id, to_bitbucket(OutboxKind.FIELDS),
+                            OutboxEntry.state.in_((OutboxState.SENDING, OutboxState.SENT)),
+                            OutboxEntry.created_at >= bindparam("since")).correlate(Link)
+    copied = (exists().where(CommentLink.link_id == Link.id,
+                             CommentLink.bitbucket_comment_id == bindparam("comment_id"))
+              .correlate(Link) if with_comment else literal(False))
+    return (select(Link, Shadow, recent, copied).outerjoin(Shadow, Shadow.link_id == Link.id)
+            .where(Link.connection_id == bindparam("connection_id"), Link.bitbucket_repo == bindparam("repo"),
+                   Link.bitbucket_issue_id == bindparam("issue_id"))
+            .with_for_update(of=Link.__table__, key_share=True))
 
 
 def in_flight(session: Session, link: Link) -> list[OutboxEntry]:

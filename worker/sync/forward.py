@@ -269,8 +269,9 @@ def _record_decision(session: Session, conn: Connection, delivery: Taken, event:
         shadow.bitbucket_at = event.issue.updated_at
         if d.write:
             shadow.target_at = utcnow()
+    opens_conflict = d.outcome == Outcome.CONFLICT and d.winner is None  # names its entry
     entry = ledger.record(
-        session, connection_id=conn.id, direction=DIRECTION, outcome=d.outcome, field=d.field,
+        session, orm=opens_conflict, connection_id=conn.id, direction=DIRECTION, outcome=d.outcome, field=d.field,
         link_id=link.id, delivery_id=delivery.id, actor=event.actor,
         base_value=d.base.source if d.base else None,
         old_value=None if created else d.dest_value,
@@ -284,7 +285,7 @@ def _record_decision(session: Session, conn: Connection, delivery: Taken, event:
         # push sees the helpdesk's change).
         session.add(OutboxEntry(connection_id=conn.id, link_id=link.id, kind=OutboxKind.FIELDS,
                                    fields=[d.field], actor=event.actor))
-    if d.outcome == Outcome.CONFLICT and d.winner is None:
+    if opens_conflict:
         session.flush()
         conflicts.open_conflict(session, connection_id=conn.id, link_id=link.id, field=d.field,
                                 base=d.base, bitbucket_value=d.source_value, target_value=d.dest_value,

@@ -78,3 +78,43 @@ def test_a_retry_that_cannot_be_queued_leaves_the_delivery_for_the_sweeper(harne
     monkeypatch.setattr(tasks.process_delivery, "apply_async", broker_down)
     assert tasks.process_deliveries([only, other]) == {only: "waiting", other: "waiting"}
     assert _statuses([only, other]) == ["received", "received"]  # the sweeper enqueues them
+
+
+def test_a_batch_is_applied_in_one_transaction(harness, monkeypatch):
+    """One commit for the message's deliveries, beside the one that counts their runs."""
+    from sqlalchemy import event
+    from worker.db.session import get_engine
+    ids = _received(harness, ["One", "Two", "Three"])
+    commits = []
+    listener = lambda _conn: commits.append(1)  # noqa: E731
+    event.listen(get_engine(), "commit", listener)
+    try:
+        assert tasks.process_deliveries(ids) == {i: "processed" for i in ids}
+    finally:
+        event.remove(get_engine(), "commit", listener)
+    assert len(commits) == 2
+
+
+def test_an_event_behind_one_that_failed_in_the_same_batch_waits_for_it(harness, monkeypatch):
+    """The batch's transaction is rolled back, each goes alone, and the update of an issue
+    whose creation just failed is held behind it, not applied out of order."""
+    h = harness
+    issue = h.api("POST", "/issues", json={"title": "Ordered", "priority": "major"})
+    h.api("PUT", f"/issues/{issue['id']}", json={"priority": "critical"})
+    other = h.api("POST", "/issues", json={"title": "Unrelated"})
+    assert other["id"] != issue["id"]
+    assert h.state.wait_for_deliveries(10)
+    with transaction() as session:
+        ids = list(session.scalars(select(Delivery.id).order_by(Delivery.received_at)))
+    created, updated, unrelated = ids
+    real = forward.process_delivery
+
+    def broken(session, delivery):
+        if getattr(delivery, "id", delivery) == created:
+            raise RuntimeError("a bug")
+        return real(session, delivery)
+
+    monkeypatch.setattr(forward, "process_delivery", broken)
+    monkeypatch.setattr(tasks, "enqueue", lambda *job: True)
+    assert tasks.process_deliveries(ids) == {created: "failed", updated: "held", unrelated: "processed"}
+    assert _statuses(ids) == ["failed", "held", "processed"]
