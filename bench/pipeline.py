@@ -30,6 +30,9 @@ keep-alive clients, one per sender thread (bench/webhook_load.py).
    issue pass, then its hourly comment pass (which lists comments per issue touched). The Bitbucket simulator runs in
    this process; the import (backfill) and reconciliation run in this process too.
 
+With --embedded, parts 1 and 2 run on the embedded default instead (SQLite and the file broker
+under var/bench-pipeline/embedded, no server): the figures to set beside PostgreSQL and Redis.
+
 A part that cannot be measured prints "not measured: <reason>" instead of stopping the run.
 """
 from __future__ import annotations
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -226,6 +230,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--changed", type=int, default=100, help="of which changed before reconciling")
     ap.add_argument("--timeout", type=float, default=300, help="max seconds to wait per part")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip (0,1,2,3)")
+    ap.add_argument("--embedded", action="store_true",
+                    help="parts 1 and 2 on the embedded default (SQLite and the file broker, no "
+                         "server) instead of PostgreSQL and Redis; parts 0 and 3 need those and are skipped")
     return ap.parse_args()
 
 
@@ -234,23 +241,31 @@ def main() -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     skip = set(args.skip.split(","))
 
-    db_name = f"bbsync_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{db_name}"')
-    db_url = PG_URL.rpartition("/")[0] + "/" + db_name
-    queue = f"bbsync-bench-{uuid.uuid4().hex[:6]}"
     tmp = ROOT / "var" / "bench-pipeline"
     tmp.mkdir(parents=True, exist_ok=True)
     for old in tmp.glob("*.log"):
         old.unlink()
-    # This process runs backfill/reconcile itself (part 3): same settings as the stack.
-    os.environ.update(DATABASE_URL=db_url, REDIS_URL=REDIS_URL, BBSYNC_QUEUE=queue,
-                      BBSYNC_VAR_DIR=str(tmp), BBSYNC_SECRET_KEYS=Fernet.generate_key().decode())
+    queue = f"bbsync-bench-{uuid.uuid4().hex[:6]}"
+    db_name = f"bbsync_bench_{uuid.uuid4().hex[:8]}"
+    if args.embedded:
+        skip |= {"0", "3"}
+        shutil.rmtree(tmp / "embedded", ignore_errors=True)
+        db_url = f"sqlite:///{tmp / 'embedded' / 'bbsync.db'}"
+        os.environ.pop("REDIS_URL", None)
+        os.environ.update(DATABASE_URL=db_url, BBSYNC_VAR_DIR=str(tmp / "embedded"))
+    else:
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{db_name}"')
+        db_url = PG_URL.rpartition("/")[0] + "/" + db_name
+        # This process runs backfill/reconcile itself (part 3): same settings as the stack.
+        os.environ.update(DATABASE_URL=db_url, REDIS_URL=REDIS_URL, BBSYNC_VAR_DIR=str(tmp))
+    os.environ.update(BBSYNC_QUEUE=queue, BBSYNC_SECRET_KEYS=Fernet.generate_key().decode())
     os.environ.pop("BROKER_URL", None)
     env = dict(os.environ)
     stack = Stack(env=env, log_dir=tmp)
     r = redis.Redis.from_url(REDIS_URL)
-    out: list[str] = [f"pipeline benchmark: floor vs bbsync {args.floor_rounds} x {args.floor_events} events, "
+    out: list[str] = [("embedded default (SQLite, file broker): " if args.embedded else "") +
+                      f"pipeline benchmark: floor vs bbsync {args.floor_rounds} x {args.floor_events} events, "
                       f"events {args.events} ({args.senders} senders), "
                       f"paced {args.rate:g}/s x {args.seconds:g} s, reconcile {args.issues} issues / "
                       f"{args.changed} changed"]
@@ -293,14 +308,16 @@ def main() -> int:
         return 0
     finally:
         stack.close()
-        r.delete(queue)
+        if not args.embedded:
+            r.delete(queue)
         try:
             from worker.db.session import get_engine
             get_engine().dispose()
         except Exception:
             pass
-        with psycopg.connect(PG_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        if not args.embedded:
+            with psycopg.connect(PG_URL, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sqlite3
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -104,16 +106,17 @@ def wait_processed(db_url: str, ids: list[str], timeout: float, table: str = "de
                    stats: dict | None = None) -> dict[str, tuple[str, float | None]]:
     """Poll `table` until every delivery has processed_at (or timeout); {id: (status, processed_ts)}.
     Each poll is one transaction (autocommit) in that database: their number goes in
-    stats["polls"], for a caller who counts the pipeline's commits."""
+    stats["polls"], for a caller who counts the pipeline's commits. A sqlite:/// URL (the
+    embedded default) is read with the standard library's driver."""
     deadline = time.monotonic() + timeout
     rows: dict[str, tuple[str, float | None]] = {}
     polls = 0
+    read = _sqlite_reader(db_url, table) if db_url.startswith("sqlite") else _pg_reader(db_url, table)
     try:
-        with psycopg.connect(db_url, autocommit=True) as c:
+        with read as fetch:
             while True:
                 polls += 1
-                rows = {i: (st, p.timestamp() if p else None) for i, st, p in c.execute(
-                    f"select id, status, processed_at from {table} where id = any(%s)", (ids,))}
+                rows = fetch(ids)
                 done = sum(1 for st, p in rows.values() if p is not None)
                 if done >= len(ids) or time.monotonic() > deadline:
                     return rows
@@ -121,6 +124,32 @@ def wait_processed(db_url: str, ids: list[str], timeout: float, table: str = "de
     finally:
         if stats is not None:
             stats["polls"] = polls
+
+
+@contextmanager
+def _pg_reader(db_url: str, table: str):
+    with psycopg.connect(db_url, autocommit=True) as c:
+        yield lambda ids: {i: (st, p.timestamp() if p else None) for i, st, p in c.execute(
+            f"select id, status, processed_at from {table} where id = any(%s)", (ids,))}
+
+
+@contextmanager
+def _sqlite_reader(db_url: str, table: str):
+    c = sqlite3.connect(db_url.split("///", 1)[1], timeout=30)
+
+    def fetch(ids: list[str]) -> dict[str, tuple[str, float | None]]:
+        out = {}
+        for k in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            chunk = ids[k:k + 500]
+            for i, st, p in c.execute(f"select id, status, processed_at from {table} where id in "
+                                      f"({','.join('?' * len(chunk))})", chunk):
+                # Stored naive, in UTC (worker.db.models.UTCDateTime).
+                out[i] = (st, datetime.fromisoformat(p).replace(tzinfo=timezone.utc).timestamp() if p else None)
+        return out
+    try:
+        yield fetch
+    finally:
+        c.close()
 
 
 def celery_cpu(groups: list[int]) -> float:
