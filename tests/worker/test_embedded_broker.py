@@ -3,9 +3,11 @@ aside."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
+import uuid
 
 import pytest
 from kombu import Connection
@@ -177,3 +179,32 @@ def test_the_embedded_default_uses_this_transport_and_redis_does_not(tmp_path):
     redis_conf = celery_config(load({"BBSYNC_VAR_DIR": str(tmp_path),
                                      "REDIS_URL": "redis://127.0.0.1:6379/0"}))
     assert redis_conf["broker_transport"] is None
+
+
+def test_a_listing_takes_only_messages_named_before_it_began(tmp_path, monkeypatch):
+    """A message renamed in while the folder is being listed may be missed by the listing while
+    a later one is seen; so a listing keeps only names older than itself, and the later one
+    waits for the next listing, after the earlier."""
+    conn, channel = _channel(tmp_path)
+    with conn:
+        channel._put(QUEUE, {"n": 1})
+        real_listdir = embedded_broker.os.listdir
+
+        def listdir_missing_the_first(path):
+            # What a racing listing can return: the first message missed, a newer one seen.
+            names = real_listdir(path)
+            channel._put(QUEUE, {"n": 2})
+            return [n for n in real_listdir(path) if n not in names]
+        monkeypatch.setattr(embedded_broker.os, "listdir", listdir_missing_the_first)
+        with pytest.raises(Empty):
+            channel._get(QUEUE)  # the newer message is not handed out ahead of the first
+        monkeypatch.setattr(embedded_broker.os, "listdir", real_listdir)
+        assert [channel._get(QUEUE)["n"], channel._get(QUEUE)["n"]] == [1, 2]
+
+
+def test_a_message_named_as_kombu_names_them_is_still_taken(tmp_path):
+    conn, channel = _channel(tmp_path)
+    with conn:
+        legacy = tmp_path / "broker" / "queue" / f"1733500000000_{uuid.uuid4()}.{QUEUE}.msg"
+        legacy.write_text(json.dumps({"n": "legacy"}))
+        assert channel._get(QUEUE) == {"n": "legacy"}

@@ -77,7 +77,14 @@ class Channel(filesystem.Channel):
         if names:
             return names, False
         wanted = f"{queue}.msg"
-        names.extend(sorted(n for n in os.listdir(self.data_folder_in) if n.partition(".")[2] == wanted))
+        # A listing is not a snapshot: a message renamed in while the folder is being read can
+        # be missed while a later one is seen. Each name starts with the moment it was named,
+        # which comes before its rename; so every message named before the listing began and
+        # missed by it was renamed in during it, before anything named after that began. Taking
+        # only names older than the listing keeps the order; the rest come with the next one.
+        began = f"{monotonic_ns():020d}"
+        names.extend(sorted(n for n in os.listdir(self.data_folder_in)
+                            if n.partition(".")[2] == wanted and (n[:20] < began or n[20:21] != "_")))
         return names, True
 
     def _take(self, name: str):
