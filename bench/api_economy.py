@@ -589,10 +589,12 @@ def main() -> int:
             stack.run("db", "upgrade")
             stack.run("connection", "add", conn, "--repo", repo, "--webhook-secret", secret,
                       "--api-url", f"{sim_url}/2.0", "--api-token", f"{PRODUCT[0]}:{PRODUCT[1]}")
+            token = stack.run("token", "create", "bench", "--admin").stdout.strip().splitlines()[-1]
             stack.start_worker()
             web_url = stack.start_web()
 
             bench = Bench(state, sim_url, web_url, conn, repo, tables, args.interval)
+            bench.web.headers["Authorization"] = f"Bearer {token}"
             t0 = time.perf_counter()
             bench.setup(k, secret, args.timeout)
             unsettled = bench.settle(db_url, args.timeout)

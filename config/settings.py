@@ -30,6 +30,11 @@ class Settings:
     # Redis hands an unacknowledged task to another worker after this long (a worker died).
     # Every countdown and retry delay is kept well below it.
     visibility_timeout: int = 1800
+    # Proxies in front of the web process that set X-Forwarded-For/-Proto (a TLS terminator):
+    # only that many hops are trusted for the client's address (throttling, logs).
+    trusted_proxies: int = 0
+    # Bodies of processed deliveries are pruned after this many days (beat); rows stay.
+    delivery_retention_days: int = 30
 
     @property
     def embedded_broker(self) -> bool:
@@ -82,7 +87,17 @@ def load(env: dict[str, str] | None = None) -> Settings:
         secret_keys=keys,
         queue=env.get("BBSYNC_QUEUE") or "bbsync",
         visibility_timeout=_int(env, "BBSYNC_VISIBILITY_TIMEOUT", 1800),
+        trusted_proxies=_proxies(env.get("BBSYNC_TRUSTED_PROXIES")),
+        delivery_retention_days=_int(env, "BBSYNC_DELIVERY_RETENTION_DAYS", 30),
     )
+
+
+def _proxies(raw: str | None) -> int:
+    if raw in (None, ""):
+        return 0
+    if not raw.isdigit() or int(raw) > 5:
+        raise SettingsError(f"BBSYNC_TRUSTED_PROXIES must be a whole number from 0 to 5, got {raw!r}")
+    return int(raw)
 
 
 @lru_cache(maxsize=1)

@@ -59,3 +59,15 @@ def session(db):
     from worker.db.session import session_factory
     with session_factory(db)() as s:
         yield s
+
+
+def authorized(client, name: str = "tests", **scope):
+    """A Flask test client that sends an API token made for it in the current database (an
+    admin token unless `connection_names=(...)` and/or `read_only=True` are given)."""
+    from worker import tokens
+    from worker.db.session import transaction
+    scope.setdefault("admin", not scope.get("connection_names"))
+    with transaction() as session:
+        token = tokens.create(session, name, **scope)
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    return client

@@ -54,7 +54,13 @@ def create_app(settings: Settings | None = None,
         settings, get_engine(settings.database_url), DeliveryWriter(_receiver_engine(settings.database_url)), sessions,
         ConnectionDirectory(sessions), Dispatcher(one_at_a_time(enqueue) if enqueue else _celery_publish))
 
-    from webhooks import operator, receiver, tickets
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
+
+    from webhooks import auth, operator, receiver, tickets
+    auth.install(app)
     app.register_blueprint(receiver.bp)
     app.register_blueprint(tickets.bp)
     app.register_blueprint(operator.bp)

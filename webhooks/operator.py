@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 from sqlalchemy import func, select
 
+from webhooks.auth import principal
 from webhooks.http import (BadInput, actor_header, enqueue, error, json_body, limit_param, positive_int,
                            sessions, text_field)
 from worker import connections
@@ -25,10 +26,13 @@ def _bad_input(exc: BadInput):
 
 
 def _connection(session):
+    """The connection named by `?connection=`, if the token may see it: one it may not see
+    answers as one that does not exist."""
     name = request.args.get("connection")
     if not name:
         raise BadInput("connection is required")
-    return connections.get(session, name), name
+    conn = connections.get(session, name)
+    return (conn if conn is not None and principal().sees(conn.id) else None), name
 
 
 @bp.get("/ledger")
@@ -78,6 +82,8 @@ def act_on_delivery(delivery_id: str, action: str):
     who = actor_header()
     try:
         with sessions().begin() as session:
+            if not principal().sees(session.scalar(select(Delivery.connection_id).where(Delivery.id == delivery_id))):
+                raise LookupError(f"delivery {delivery_id} does not exist")
             ids = (store.replay if action == "replay" else store.dismiss)(session, delivery_id, who)
     except LookupError as exc:
         return error(404, str(exc))
@@ -128,6 +134,9 @@ def resolve_conflict(conflict_id: int):
     who = text_field(body, "resolved_by", max_len=255) or actor_header()
     try:
         with sessions().begin() as session:
+            from worker.db.models import Conflict
+            if not principal().sees(session.scalar(select(Conflict.connection_id).where(Conflict.id == conflict_id))):
+                raise LookupError(f"conflict {conflict_id} does not exist")
             push = conflicts.resolve(session, conflict_id, take, value, who)
     except LookupError as exc:
         return error(404, str(exc))

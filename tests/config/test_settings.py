@@ -100,3 +100,14 @@ def test_settings_are_frozen():
     s = load({})
     with pytest.raises(AttributeError):
         s.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("raw, expected", [("", 0), ("0", 0), ("1", 1), ("5", 5)])
+def test_trusted_proxies_default_to_none(raw, expected):
+    assert load({"BBSYNC_TRUSTED_PROXIES": raw}).trusted_proxies == expected
+
+
+@pytest.mark.parametrize("raw", ["-1", "6", "one", "1.5", " 1", "\x001"])
+def test_trusted_proxies_outside_0_to_5_are_refused(raw):
+    with pytest.raises(SettingsError, match="BBSYNC_TRUSTED_PROXIES"):
+        load({"BBSYNC_TRUSTED_PROXIES": raw})

@@ -78,6 +78,15 @@ class Running:
     stack: Stack
     web_url: str
     engine: Engine
+    _token: str | None = None
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The headers of an admin API token, made (as a user would) on first use."""
+        if self._token is None:
+            made = self.stack.run("token", "create", f"tests-{uuid.uuid4().hex[:8]}", "--admin")
+            self._token = made.stdout.strip().splitlines()[-1]
+        return {"Authorization": f"Bearer {self._token}"}
 
     def add_connection(self, repos: list[str], secret: str | None = None,
                        name: str | None = None) -> tuple[str, str]:
@@ -101,7 +110,8 @@ class Running:
                            headers=h, timeout=15)
 
     def get(self, path: str, **params) -> httpx2.Response:
-        return httpx2.get(self.web_url + path, params=params, timeout=15)
+        headers = self.auth if path.startswith("/api") else None
+        return httpx2.get(self.web_url + path, params=params, headers=headers, timeout=15)
 
     def scalar(self, sql: str, **params):
         with self.engine.connect() as c:

@@ -24,19 +24,19 @@ def _new_ticket(tw: TwoWay, **fields) -> dict:
     body = {"title": "Checkout 500s for EU customers", "description": "Since 09:00 every EU checkout "
             "returns a 500.\nOrder ids: 1881, 1882.", "priority": "urgent", "type": "incident",
             "reporter": "jane@customer.example", **fields}
-    r = httpx2.post(f"{tw.running.web_url}/api/tickets", json=body, timeout=15)
+    r = httpx2.post(headers=tw.running.auth, url=f"{tw.running.web_url}/api/tickets", json=body, timeout=15)
     assert r.status_code == 201, r.text
     return r.json()
 
 
 def _attach(tw: TwoWay, ticket_id: int, name: str, data: bytes) -> None:
-    r = httpx2.post(f"{tw.running.web_url}/api/tickets/{ticket_id}/attachments",
+    r = httpx2.post(headers=tw.running.auth, url=f"{tw.running.web_url}/api/tickets/{ticket_id}/attachments",
                     files={"files": (name, data, "text/plain")}, timeout=15)
     assert r.status_code == 201, r.text
 
 
 def _escalate(tw: TwoWay, ticket_id: int, **body) -> httpx2.Response:
-    return httpx2.post(f"{tw.running.web_url}/api/tickets/{ticket_id}/escalate",
+    return httpx2.post(headers=tw.running.auth, url=f"{tw.running.web_url}/api/tickets/{ticket_id}/escalate",
                        json={"repo": tw.repo, **body}, timeout=15)
 
 
@@ -65,7 +65,7 @@ def _escalations(tw: TwoWay, ticket_id: int) -> int:
 def test_escalation_creates_one_issue_with_context_and_attachments(tw):
     ticket = _new_ticket(tw)
     _attach(tw, ticket["id"], "har.txt", b"GET /checkout 500\n")
-    httpx2.post(f"{tw.running.web_url}/api/tickets/{ticket['id']}/comments",
+    httpx2.post(headers=tw.running.auth, url=f"{tw.running.web_url}/api/tickets/{ticket['id']}/comments",
                 json={"body": "Happens on Safari and Chrome.", "author": "Ana"})
     escalation = _queued(tw, ticket["id"], include_comments=True, attachments=["har.txt"])
     assert (escalation["state"], escalation["connection"], escalation["repo"]) == ("creating", tw.conn, tw.repo)
@@ -153,15 +153,15 @@ def test_escalation_rejects_bad_input(tw):
     ticket = _new_ticket(tw, title="Bad input")
     web = tw.running.web_url
     calls = len(tw.reads() + tw.writes())
-    assert httpx2.post(f"{web}/api/tickets/{ticket['id']}/escalate", json={}).status_code == 400
-    assert httpx2.post(f"{web}/api/tickets/{ticket['id']}/escalate", content=b"nope").status_code == 400
+    assert httpx2.post(headers=tw.running.auth, url=f"{web}/api/tickets/{ticket['id']}/escalate", json={}).status_code == 400
+    assert httpx2.post(headers=tw.running.auth, url=f"{web}/api/tickets/{ticket['id']}/escalate", content=b"nope").status_code == 400
     assert _escalate(tw, ticket["id"], kind="epic").status_code == 400
     assert _escalate(tw, ticket["id"], attachments=["missing.txt"]).status_code == 400
-    assert httpx2.post(f"{web}/api/tickets/{ticket['id']}/escalate",
+    assert httpx2.post(headers=tw.running.auth, url=f"{web}/api/tickets/{ticket['id']}/escalate",
                        json={"repo": "nobody/syncs-this"}).status_code == 400
-    assert httpx2.post(f"{web}/api/tickets/{ticket['id']}/escalate",
+    assert httpx2.post(headers=tw.running.auth, url=f"{web}/api/tickets/{ticket['id']}/escalate",
                        json={"repo": "x/" + "y" * 300}).status_code == 400
-    assert httpx2.post(f"{web}/api/tickets/99999999/escalate", json={"repo": tw.repo}).status_code == 404
+    assert httpx2.post(headers=tw.running.auth, url=f"{web}/api/tickets/99999999/escalate", json={"repo": tw.repo}).status_code == 404
     assert _escalations(tw, ticket["id"]) == 0 and tw.ticket(ticket["id"])["escalation"] is None
     assert len(tw.reads() + tw.writes()) == calls and len(tw.api("GET", "/issues")["values"]) == 0
 
@@ -200,14 +200,14 @@ def test_manual_policy_parks_the_conflict_until_a_person_resolves_it(running, si
     assert (tw.ticket(ticket["id"])["priority"], tw.issue(issue["id"])["priority"]) == ("urgent", "trivial")
     assert "priority" in running.stack.run("conflicts", "list", tw.conn).stdout
 
-    bad = httpx2.post(f"{running.web_url}/api/conflicts/{open_[0]['id']}/resolve", json={"take": "nope"})
+    bad = httpx2.post(headers=running.auth, url=f"{running.web_url}/api/conflicts/{open_[0]['id']}/resolve", json={"take": "nope"})
     assert bad.status_code == 400
-    r = httpx2.post(f"{running.web_url}/api/conflicts/{open_[0]['id']}/resolve",
+    r = httpx2.post(headers=running.auth, url=f"{running.web_url}/api/conflicts/{open_[0]['id']}/resolve",
                     json={"take": "target", "resolved_by": "lead@acme.example"})
     assert r.status_code == 200, r.text
     tw.settle()
     assert (tw.ticket(ticket["id"])["priority"], tw.issue(issue["id"])["priority"]) == ("urgent", "blocker")
-    again = httpx2.post(f"{running.web_url}/api/conflicts/{open_[0]['id']}/resolve", json={"take": "bitbucket"})
+    again = httpx2.post(headers=running.auth, url=f"{running.web_url}/api/conflicts/{open_[0]['id']}/resolve", json={"take": "bitbucket"})
     assert again.status_code == 409
     assert running.get("/api/conflicts", connection=tw.conn, state="open").json()["conflicts"] == []
     resolved = [e for e in tw.ledger() if e["outcome"] == "conflict" and e["actor"] == "lead@acme.example"]

@@ -74,7 +74,7 @@ def test_both_sides_converge_with_nothing_lost_or_duplicated_under_faults(faulty
     run.stack.run("connection", "add", conn, "--repo", repo, "--webhook-secret", secret,
                   "--api-url", f"{sim_url}/2.0", "--api-token", "bbsync@acme.example:sync-token")
     bb = clients(auth=AUTH, timeout=15)
-    hd = clients(base_url=f"{run.web_url}/api", timeout=30)
+    hd = clients(base_url=f"{run.web_url}/api", timeout=30, headers=run.auth)
     assert httpx2.post(f"{sim_url}/2.0/repositories/{repo}", auth=AUTH,
                        json={"scm": "git", "has_issues": True}).status_code == 200
     bb.post(f"{sim_url}/2.0/repositories/{repo}/hooks", json={

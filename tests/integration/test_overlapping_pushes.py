@@ -35,7 +35,7 @@ def second_worker(running):
 def _agent(tw: TwoWay, ticket_id: int, rng: random.Random, replies: list[str], errors: list) -> None:
     base = f"{tw.running.web_url}/api/tickets/{ticket_id}"
     try:
-        with httpx2.Client(timeout=15) as http:
+        with httpx2.Client(timeout=15, headers=tw.running.auth) as http:
             for n in range(ROUNDS):
                 body = f"reply {n} on ticket {ticket_id} ({uuid.uuid4().hex[:6]})"
                 assert http.post(f"{base}/comments", json={"body": body, "author": "Ana"}).status_code == 201

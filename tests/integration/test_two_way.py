@@ -83,8 +83,8 @@ def test_public_reply_is_posted_once_and_internal_note_stays_local(tw):
     tw.settle()
     import httpx2
     base = f"{tw.running.web_url}/api/tickets/{ticket['id']}/comments"
-    assert httpx2.post(base, json={"body": "We are on it.", "author": "Ana (support)"}).status_code == 201
-    assert httpx2.post(base, json={"body": "Customer is on the enterprise plan, VIP.", "internal": True,
+    assert httpx2.post(base, headers=tw.running.auth, json={"body": "We are on it.", "author": "Ana (support)"}).status_code == 201
+    assert httpx2.post(base, headers=tw.running.auth, json={"body": "Customer is on the enterprise plan, VIP.", "internal": True,
                                    "author": "Ana (support)"}).status_code == 201
     tw.settle()
     comments = tw.api("GET", f"/issues/{issue['id']}/comments")["values"]
@@ -100,7 +100,7 @@ def test_connection_can_opt_in_to_pushing_internal_notes(running, simulator):
     import httpx2
     tw = TwoWay.setup(running, simulator, "--push-internal-notes")
     issue, ticket = tw.new_issue(title="Ops note")
-    httpx2.post(f"{running.web_url}/api/tickets/{ticket['id']}/comments",
+    httpx2.post(headers=running.auth, url=f"{running.web_url}/api/tickets/{ticket['id']}/comments",
                 json={"body": "Internal: restarted the pod.", "internal": True, "author": "Ops"})
     tw.settle()
     bodies = [c["content"]["raw"] for c in tw.api("GET", f"/issues/{issue['id']}/comments")["values"]

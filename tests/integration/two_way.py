@@ -69,7 +69,8 @@ class TwoWay:
         return issue, self.ticket_for(issue["id"])
 
     def patch(self, ticket_id: int, **fields) -> dict:
-        r = httpx2.patch(f"{self.running.web_url}/api/tickets/{ticket_id}", json=fields, timeout=15)
+        r = httpx2.patch(f"{self.running.web_url}/api/tickets/{ticket_id}", json=fields, timeout=15,
+                         headers=self.running.auth)
         assert r.status_code == 200, r.text
         return r.json()
 

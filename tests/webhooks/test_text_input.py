@@ -9,7 +9,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import load_fixture
+from tests.conftest import authorized, load_fixture
 from webhooks import create_app
 from webhooks.signatures import sign
 from worker import connections
@@ -31,7 +31,7 @@ def client(request):
         connections.upsert(session, connections.ConnectionSpec(
             name="acme", repos=(REPO,), webhook_secrets=(SECRET,)))
     app = create_app(enqueue=lambda task, arg: True)
-    yield app.test_client()
+    yield authorized(app.test_client())
     # Before the database is dropped: a pooled connection it kills would warn when collected.
     app.extensions["bbsync"].deliveries.engine.dispose()
     get_engine().dispose()

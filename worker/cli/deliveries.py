@@ -85,6 +85,22 @@ def deliveries_requeue() -> None:
     click.echo(f"enqueued {requeue_pending(older_than=timedelta(0))} delivery(ies)")
 
 
+@deliveries.command("prune")
+@click.option("--days", type=click.IntRange(min=1), default=None,
+              help="Prune bodies older than this (default: BBSYNC_DELIVERY_RETENTION_DAYS, 30).")
+def deliveries_prune(days: int | None) -> None:
+    """Empty the bodies of deliveries processed or ignored before the retention period (what the
+    beat does hourly); failed, held and dismissed ones keep theirs, every row stays."""
+    from datetime import timedelta
+
+    from config.settings import get_settings
+    from worker.db.models import utcnow
+    from worker.sync.retention import prune_bodies
+    days = days or get_settings().delivery_retention_days
+    click.echo(f"pruned the bodies of {prune_bodies(utcnow() - timedelta(days=days))} delivery(ies) "
+               f"done with over {days} day(s) ago")
+
+
 @deliveries.command("enqueue")
 @click.argument("delivery_ids", nargs=-1, required=True)
 def deliveries_enqueue(delivery_ids: tuple[str, ...]) -> None:

@@ -73,6 +73,8 @@ BEAT_SCHEDULE = {
     "reconcile-comment-scan": {"task": "bbsync.reconcile_all", "schedule": 86400.0,
                                "kwargs": {"comments": "all"}},
     "requeue-pending": {"task": "bbsync.requeue_pending", "schedule": 60.0},
+    # Bodies of deliveries done with, past BBSYNC_DELIVERY_RETENTION_DAYS (rows and ledger stay).
+    "prune-deliveries": {"task": "bbsync.prune_deliveries", "schedule": 3600.0},
 }
 
 

@@ -16,7 +16,7 @@ from worker.bitbucket import errors as bitbucket_errors
 from worker.db.models import Delivery, utcnow
 from worker.db.session import transaction
 from worker.engine.states import DeliveryStatus
-from worker.sync import claims, deliveries, forward, outbox, push
+from worker.sync import claims, deliveries, forward, outbox, push, retention
 from worker.sync import escalate as escalation
 from worker.targets import side
 
@@ -253,6 +253,16 @@ def reconcile_all(comments: str = "none") -> dict:
             enqueue("push_link", link_id)
         summary[report.connection] = {"api_calls": report.api_calls, "issues_seen": report.issues_seen}
     return summary
+
+
+@app.task(name="bbsync.prune_deliveries")
+def prune_deliveries() -> int:
+    """The beat's retention job: bodies of deliveries done with, past the retention period."""
+    days = get_settings().delivery_retention_days
+    pruned = retention.prune_bodies(utcnow() - timedelta(days=days))
+    if pruned:
+        log.info("deliveries.pruned count=%d older_than_days=%d", pruned, days)
+    return pruned
 
 
 @app.task(name="bbsync.requeue_pending")

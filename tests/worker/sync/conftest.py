@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 
 from tests.webhooks.conftest import postgres_db  # noqa: F401  (a fixture, for pg_harness)
 from simulator.app import create_app as create_simulator
+from tests.conftest import authorized
 from simulator.state import SimulatorState
 from webhooks import create_app
 from worker import connections
@@ -91,7 +92,7 @@ def _harness():
     sim_transport = httpx2.WSGITransport(app=create_simulator(state))
     client = BitbucketClient(f"{SIM}/2.0", ApiTokenAuth(parse_api_token(TOKEN)), transport=sim_transport,
                              sleep=lambda s: None)
-    h = Harness(state, app.test_client(), client)
+    h = Harness(state, authorized(app.test_client()), client)
     h.api("POST", "", json={"scm": "git", "has_issues": True})
     h.api("POST", "/hooks", json={"url": "http://bbsync.test/webhooks/bitbucket/acme", "secret": "s3cret",
                                   "active": True, "events": ["issue:created", "issue:updated",

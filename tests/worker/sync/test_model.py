@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 from config import mappings
 from simulator.app import create_app as create_simulator
 from simulator.state import SimulatorState
+from tests.conftest import authorized
 from webhooks import create_app
 from worker import connections
 from worker.bitbucket.auth import ApiTokenAuth
@@ -67,7 +68,7 @@ class SyncModel(RuleBasedStateMachine):
         self.saved_env = {k: os.environ.get(k) for k in ("BBSYNC_VAR_DIR", "BBSYNC_SECRET_KEYS")}
         self.tmp = _fresh_environment()
         self.web_app = create_app(enqueue=lambda task, arg: True)
-        self.web = self.web_app.test_client()
+        self.web = authorized(self.web_app.test_client())
         with transaction() as session:
             conn, _ = connections.upsert(session, connections.ConnectionSpec(
                 name="model", repos=(REPO,), webhook_secrets=("s3cret",), api_url=f"{SIM}/2.0",
