@@ -54,8 +54,8 @@ class Demo:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             httpx2.get(f"{self.sim}/_sim/deliveries", params={"wait": 5}, timeout=10)
-            received = self.ops.get("/deliveries", params={"connection": CONNECTION}).raise_for_status().json()["counts"]
-            outbox = self.ops.get("/outbox", params={"connection": CONNECTION}).raise_for_status().json()["counts"]
+            received = self.helpdesk("GET", "/deliveries", params={"connection": CONNECTION})["counts"]
+            outbox = self.helpdesk("GET", "/outbox", params={"connection": CONNECTION})["counts"]
             if not received.get("received") and not outbox.get("pending") and not outbox.get("sending"):
                 return
             time.sleep(0.2)
@@ -80,19 +80,16 @@ class Demo:
     def setup(self, hook_secret: str) -> None:
         self.stack.run("connection", "add", CONNECTION, "--repo", REPO, "--webhook-secret", hook_secret,
                        "--api-url", f"{self.sim}/2.0", "--api-token", SYNC_TOKEN)
-        # The helpdesk calls the API as any client would: with a token made for it (shown once).
+        # The helpdesk calls the API as any client would: with a token made for it (shown
+        # once), which sees this connection only; the tickets it makes belong to it.
         made = self.stack.run("token", "create", "demo-agent", "--connection", CONNECTION)
-        agent = self.stack.run("token", "create", "demo-admin", "--admin")
-        self.hd.headers["Authorization"] = f"Bearer {agent.stdout.strip().splitlines()[-1]}"
-        # The operator's reads use a token that sees this connection only.
-        self.ops = httpx2.Client(base_url=f"{self.web}/api", timeout=60, headers={
-            "Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"})
+        self.hd.headers["Authorization"] = f"Bearer {made.stdout.strip().splitlines()[-1]}"
         self.bitbucket("POST", json={"scm": "git", "has_issues": True})
         self.bitbucket("POST", "/hooks", json={
             "url": f"{self.web}/webhooks/bitbucket/{CONNECTION}", "description": "bbsync", "active": True,
             "secret": hook_secret, "events": ["issue:created", "issue:updated", "issue:comment_created"]})
         _say(f"  connection {CONNECTION!r} syncs {REPO}; a signed webhook points at the web app; "
-             f"API tokens 'demo-admin' and 'demo-agent' (scoped to {CONNECTION!r}) made")
+             f"API token 'demo-agent' (scoped to {CONNECTION!r}) made")
 
     def play(self) -> tuple[int, int]:
         ticket = self.helpdesk("POST", "/tickets", json={

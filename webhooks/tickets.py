@@ -6,15 +6,16 @@ recorded, and a worker creates the issue. No request here ever calls Bitbucket.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import String, cast, select
 from sqlalchemy.orm import selectinload
 
 from config.enums import TARGET
-from webhooks.auth import principal
+from webhooks import scope
 from webhooks.http import (BadInput, actor_header, enqueue, error, json_body, limit_param,
                            positive_int, sessions, text_field, text_param)
-from worker import connections
 from worker.db.helpdesk import Ticket, TicketAttachment, TicketComment
 from worker.db.models import Escalation, Link, utcnow
 from worker.engine.events import MAX_ID, SYNCED_FIELDS
@@ -23,17 +24,6 @@ from worker.sync import reverse, reverse_comments
 from worker.targets.local import LocalHelpdesk
 
 bp = Blueprint("tickets", __name__, url_prefix="/api/tickets")
-
-
-@bp.before_request
-def _admin_only():
-    # Built-in helpdesk tickets do not yet record the connection they belong to, so only an
-    # admin token may reach them (a connection token is refused for every ticket alike, so
-    # nothing about any ticket, not even whether it exists, is told).
-    if not principal().admin:
-        return error(403, "ticket endpoints need an admin token for now; this token is scoped to "
-                          "connections")
-    return None
 
 EDITABLE = SYNCED_FIELDS
 MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
@@ -61,7 +51,7 @@ def _bad_input(exc: BadInput):
 
 
 def _fields(body: dict, *, creating: bool) -> dict:
-    unknown = sorted(set(body) - set(EDITABLE) - {"reporter", "requester"})
+    unknown = sorted(set(body) - set(EDITABLE) - {"reporter", "requester", "connection"})
     if unknown:
         raise BadInput(f"unknown field(s): {', '.join(unknown)}")
     values = {}
@@ -96,10 +86,11 @@ def list_tickets():
     with sessions()() as session:
         conn = None
         if connection_name is not None:
-            conn = connections.get(session, connection_name)
+            conn = scope.connection_named(session, connection_name)
             if conn is None:
                 return error(404, f"unknown connection {connection_name!r}")
         query = (select(Ticket, Link).outerjoin(Link, Link.target_id == cast(Ticket.id, String))
+                 .where(scope.tickets_seen())
                  .options(selectinload(Ticket.comments), selectinload(Ticket.attachments))
                  .order_by(Ticket.id).limit(limit))
         if repo:
@@ -129,7 +120,7 @@ def escalation_json(esc: Escalation | None) -> dict | None:
 def get_ticket(ticket_id: int):
     with sessions()() as session:
         ticket, link = _load(session, ticket_id)
-        if ticket is None:
+        if ticket is None or not scope.sees_ticket(session, ticket_id):
             return error(404, f"ticket {ticket_id} does not exist")
         return jsonify({**ticket_json(ticket, link),
                         "escalation": escalation_json(escalation.for_ticket(session, ticket_id))})
@@ -140,8 +131,13 @@ def create_ticket():
     body = json_body()
     values = _fields(body, creating=True)
     reporter = text_field(body, "reporter", max_len=255) or text_field(body, "requester", max_len=255)
+    name = text_field(body, "connection", max_len=64)
     with sessions().begin() as session:
-        ticket = Ticket(reporter=reporter, **values)
+        try:
+            owner = scope.owner_for_new_ticket(session, name)
+        except LookupError as exc:
+            return error(404, str(exc))
+        ticket = Ticket(reporter=reporter, connection_id=owner, **values)
         session.add(ticket)
         session.flush()
         ticket_id = ticket.id
@@ -155,6 +151,8 @@ def update_ticket(ticket_id: int):
     values = _fields(json_body(), creating=False)
     actor = actor_header()
     with sessions().begin() as session:
+        if not scope.sees_ticket(session, ticket_id):
+            return error(404, f"ticket {ticket_id} does not exist")
         # Same lock order as the worker (link, then ticket), or the two could deadlock.
         session.scalars(select(Link.id).where(Link.target_id == str(ticket_id)).with_for_update(key_share=True)).all()
         ticket = session.scalar(select(Ticket).where(Ticket.id == ticket_id).with_for_update())
@@ -182,7 +180,7 @@ def add_comment(ticket_id: int):
     if not isinstance(internal, bool):
         raise BadInput("internal must be true or false")
     with sessions().begin() as session:
-        if session.get(Ticket, ticket_id) is None:
+        if not scope.sees_ticket(session, ticket_id):
             return error(404, f"ticket {ticket_id} does not exist")
         comment = TicketComment(ticket_id=ticket_id, body=text, internal=internal, author=author)
         session.add(comment)
@@ -202,7 +200,7 @@ def upload_attachments(ticket_id: int):
         raise BadInput("send one or more files as multipart/form-data")
     stored = []
     with sessions().begin() as session:
-        if session.get(Ticket, ticket_id) is None:
+        if not scope.sees_ticket(session, ticket_id):
             return error(404, f"ticket {ticket_id} does not exist")
         for f in files:
             name = (f.filename or "").replace("\\", "/").rsplit("/", 1)[-1]
@@ -226,7 +224,7 @@ def download_attachment(ticket_id: int, name: str):
     with sessions()() as session:
         row = session.scalar(select(TicketAttachment).where(
             TicketAttachment.ticket_id == ticket_id, TicketAttachment.name == name))
-        if row is None:
+        if row is None or not scope.sees_ticket(session, ticket_id):
             return error(404, f"ticket {ticket_id} has no attachment {name!r}")
         return Response(row.data, mimetype=row.content_type,
                         headers={"Content-Disposition": f"attachment; filename*=UTF-8''{_quote(name)}"})
@@ -257,6 +255,9 @@ def escalate(ticket_id: int):
         actor=actor_header())
     try:
         with sessions().begin() as session:
+            if not scope.sees_ticket(session, ticket_id):
+                return error(404, f"ticket {ticket_id} does not exist")
+            req = dataclasses.replace(req, within=scope.escalation_scope(session, ticket_id))
             outcome = escalation.request_escalation(session, req)
     except LookupError as exc:
         return error(404, str(exc))

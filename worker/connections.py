@@ -173,6 +173,18 @@ def summary(session: Session, conn: Connection) -> dict[str, Any]:
     }
 
 
+def details(session: Session, conn: Connection) -> dict[str, Any]:
+    """summary(), and what kind of credential it has and which tokens may see it: never a
+    secret."""
+    from worker.db.tokens import ApiToken, ApiTokenConnection
+    credential = session.get(Credential, conn.credential_id) if conn.credential_id else None
+    scoped = session.scalars(select(ApiToken.name).join(ApiTokenConnection).where(
+        ApiTokenConnection.connection_id == conn.id, ApiToken.revoked_at.is_(None)).order_by(ApiToken.name))
+    return {**summary(session, conn), "credential_kind": credential.kind if credential else None,
+            "mapping_override": conn.mapping_override or {}, "created_at": conn.created_at.isoformat(),
+            "updated_at": conn.updated_at.isoformat(), "api_tokens": list(scoped)}
+
+
 def list_all(session: Session) -> list[Connection]:
     return list(session.scalars(select(Connection).order_by(Connection.name)
                                 .options(selectinload(Connection.repos), selectinload(Connection.secrets))))

@@ -34,6 +34,25 @@ def test_tokens_are_scoped_and_a_revoked_one_is_refused_by_every_web_process(run
     assert running.scalar("select count(*) from ledger") == ledger_rows
 
 
+def test_a_tenants_ticket_is_invisible_to_another_tenant_over_http(running):
+    a, _ = running.add_connection(["iso/a"])
+    b, _ = running.add_connection(["iso/b"])
+    token_a = _token(running, f"iso-{a}", "--connection", a)
+    token_b = _token(running, f"iso-{b}", "--connection", b)
+    with httpx2.Client(base_url=running.web_url, timeout=15, headers={"Authorization": f"Bearer {token_a}"}) as ta, \
+            httpx2.Client(base_url=running.web_url, timeout=15, headers={"Authorization": f"Bearer {token_b}"}) as tb:
+        made = ta.post("/api/tickets", json={"title": "Tenant A's"})
+        assert made.status_code == 201
+        ticket = made.json()["id"]
+        assert ta.get(f"/api/tickets/{ticket}").status_code == 200
+        seen, absent = tb.get(f"/api/tickets/{ticket}"), tb.get("/api/tickets/999999999")
+        assert seen.status_code == absent.status_code == 404
+        assert seen.json()["error"].replace(str(ticket), "X") == absent.json()["error"].replace("999999999", "X")
+        assert tb.patch(f"/api/tickets/{ticket}", json={"title": "B was here"}).status_code == 404
+        assert ticket not in [t["id"] for t in tb.get("/api/tickets").json()["tickets"]]
+        assert ta.get(f"/api/tickets/{ticket}").json()["title"] == "Tenant A's"
+
+
 def test_no_token_or_secret_reaches_a_log_or_a_table_in_clear(running):
     """Everything the stack's processes logged so far (web, worker, commands) and every text
     column of the database: neither an API token nor a webhook secret in clear."""

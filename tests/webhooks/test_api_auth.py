@@ -41,7 +41,8 @@ def tenants(app):
         for name, conn_id in ids.items():
             session.add(Delivery(id=f"d{name}", connection_id=conn_id, request_uuid=f"r{name}", event_key="issue:created",
                                  attempt=1, body="{}", status="failed", error="boom", received_at=utcnow()))
-            link = Link(connection_id=conn_id, bitbucket_repo=f"{name}/repo", bitbucket_issue_id=1, target_id="1")
+            link = Link(connection_id=conn_id, bitbucket_repo=f"{name}/repo", bitbucket_issue_id=1,
+                        target_id=f"90{conn_id}")  # (no such ticket)
             session.add(link)
             session.flush()
             entry = LedgerEntry(connection_id=conn_id, direction="forward", outcome="conflict", field="status")
@@ -136,10 +137,6 @@ def test_a_connection_token_sees_its_connection_and_nothing_of_another(app, tena
         assert session.get(Conflict, globex_conflict).state == "open"
     # Its own delivery it may replay.
     assert globex.post("/api/deliveries/dglobex/replay").status_code == 200
-    # Tickets do not yet say which connection they belong to: refused alike for every ticket.
-    for path in ("/api/tickets/1", "/api/tickets/999999", "/api/tickets?bitbucket_repo=acme/repo&bitbucket_issue=1"):
-        r = acme.get(path)
-        assert r.status_code == 403 and "admin token" in r.get_json()["error"]
 
 
 def test_a_revoked_token_is_refused_from_the_next_request_and_logged_by_name_only(app, tenants, caplog):
@@ -240,3 +237,80 @@ def test_without_a_trusted_proxy_a_forwarded_address_is_ignored(app, monkeypatch
     answers = [client.get("/api/ledger?connection=x", headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code
                for i in range(3)]
     assert answers == [401, 401, 429]  # a client cannot pick a new address per guess
+
+
+def _same(a, b, a_id, b_id) -> bool:
+    """Two refusals are the same answer but for the id or name they repeat."""
+    return a.status_code == b.status_code and \
+        a.get_json()["error"].replace(str(a_id), "X") == b.get_json()["error"].replace(str(b_id), "X")
+
+
+def test_tickets_are_seen_only_through_their_connection(app, tenants):
+    import io
+    from worker.db.helpdesk import Ticket, TicketAttachment, TicketComment
+    ids, clients = tenants
+    acme, globex = clients["acme"], clients["globex"]
+    admin = authorized(app.test_client(), "admin")
+    mine = acme.post("/api/tickets", json={"title": "Ours"}).get_json()["id"]
+    theirs = globex.post("/api/tickets", json={"title": "Theirs"}).get_json()["id"]
+    unowned = admin.post("/api/tickets", json={"title": "Nobody's"}).get_json()["id"]
+    owned_by_admin = admin.post("/api/tickets", json={"title": "Acme's", "connection": "acme"}).get_json()["id"]
+    assert globex.post(f"/api/tickets/{theirs}/attachments", data={"files": (io.BytesIO(b"x"), "log.txt")},
+                       content_type="multipart/form-data").status_code == 201
+    with transaction() as session:  # a ticket the sync made: its link says whose it is
+        synced = Ticket(title="Synced")
+        session.add(synced)
+        session.flush()
+        synced = synced.id
+        session.add(Link(connection_id=ids["acme"], bitbucket_repo="acme/repo", bitbucket_issue_id=7,
+                         target_id=str(synced)))
+    assert sorted(t["id"] for t in acme.get("/api/tickets").get_json()["tickets"]) == sorted([mine, owned_by_admin, synced])
+    assert [t["id"] for t in globex.get("/api/tickets").get_json()["tickets"]] == [theirs]
+    assert len(admin.get("/api/tickets").get_json()["tickets"]) == 5
+    assert acme.get(f"/api/tickets/{synced}").status_code == 200
+    before = _row_counts()
+    with transaction() as session:
+        title = session.get(Ticket, theirs).title
+    for other in (theirs, unowned):
+        missing = 999999
+        pairs = [
+            (acme.get(f"/api/tickets/{other}"), acme.get(f"/api/tickets/{missing}")),
+            (acme.patch(f"/api/tickets/{other}", json={"title": "Mine now"}),
+             acme.patch(f"/api/tickets/{missing}", json={"title": "Mine now"})),
+            (acme.post(f"/api/tickets/{other}/comments", json={"body": "hi"}),
+             acme.post(f"/api/tickets/{missing}/comments", json={"body": "hi"})),
+            (acme.post(f"/api/tickets/{other}/attachments", data={"files": (io.BytesIO(b"y"), "a.txt")},
+                       content_type="multipart/form-data"),
+             acme.post(f"/api/tickets/{missing}/attachments", data={"files": (io.BytesIO(b"y"), "a.txt")},
+                       content_type="multipart/form-data")),
+            (acme.get(f"/api/tickets/{other}/attachments/log.txt"), acme.get(f"/api/tickets/{missing}/attachments/log.txt")),
+            (acme.post(f"/api/tickets/{other}/escalate", json={"repo": "acme/repo"}),
+             acme.post(f"/api/tickets/{missing}/escalate", json={"repo": "acme/repo"})),
+        ]
+        for seen, absent in pairs:
+            assert seen.status_code == 404 and _same(seen, absent, other, missing), seen.get_json()
+    assert _row_counts() == before
+    with transaction() as session:
+        assert session.get(Ticket, theirs).title == title
+    # A ticket goes to Bitbucket only through its own connection, whoever asks.
+    into_other = acme.post(f"/api/tickets/{mine}/escalate", json={"repo": "globex/repo"})
+    into_nobody = acme.post(f"/api/tickets/{mine}/escalate", json={"repo": "nobody/repo"})
+    assert into_other.status_code == 400 and _same(into_other, into_nobody, "globex", "nobody")
+    assert admin.post(f"/api/tickets/{mine}/escalate", json={"repo": "globex/repo"}).status_code == 400
+    assert _row_counts() == before
+
+
+def test_a_new_ticket_goes_to_the_tokens_connection_or_the_one_named(app, tenants):
+    from worker.db.helpdesk import Ticket
+    ids, clients = tenants
+    both = authorized(app.test_client(), "both", connection_names=("acme", "globex"))
+    r = both.post("/api/tickets", json={"title": "Where?"})
+    assert r.status_code == 400 and "connection is required" in r.get_json()["error"]
+    made = both.post("/api/tickets", json={"title": "Here", "connection": "globex"}).get_json()["id"]
+    acme_only = clients["acme"]
+    other = acme_only.post("/api/tickets", json={"title": "There", "connection": "globex"})
+    missing = acme_only.post("/api/tickets", json={"title": "There", "connection": "nosuch"})
+    assert other.status_code == 404 and _same(other, missing, "globex", "nosuch")
+    with transaction() as session:
+        assert session.get(Ticket, made).connection_id == ids["globex"]
+        assert session.query(Ticket).count() == 1

@@ -54,3 +54,19 @@ def test_bad_input_is_a_clear_error_and_makes_nothing(acme, argv, message):
     result = bbsync(*argv)
     assert result.exit_code != 0 and message in result.output, result.output
     assert "no tokens" in bbsync("token", "list").output
+
+
+def test_connection_show_tells_everything_but_secrets(acme):
+    import json
+    assert bbsync("connection", "add", "acme", "--repo", "acme/widgets", "--webhook-secret", "s3cret-hook",
+                  "--api-token", "me@acme.example:very-secret-api-token").exit_code == 0
+    token = bbsync("token", "create", "agent", "--connection", "acme").output.strip().splitlines()[-1]
+    shown = bbsync("connection", "show", "acme")
+    assert shown.exit_code == 0, shown.output
+    details = json.loads(shown.output)
+    assert details["repos"] == ["acme/widgets"] and details["credential_kind"] == "api_token"
+    assert details["api_tokens"] == ["agent"] and details["webhook_secrets"] == 1
+    for secret in ("s3cret-hook", "very-secret-api-token", token):
+        assert secret not in shown.output
+    missing = bbsync("connection", "show", "nosuch\x00")
+    assert missing.exit_code == 1 and "no connection named" in missing.output

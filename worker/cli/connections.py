@@ -86,3 +86,19 @@ def connection_list(as_json: bool) -> None:
         budget = f"{r['api_calls_last_hour']}/{r['api_budget_per_hour']} calls this hour" if r["credential"] else "no credential"
         click.echo(f"{r['name']:<16} {status:<10} target={r['target']} secrets={r['webhook_secrets']} "
                    f"{budget}  repos={', '.join(r['repos'])}")
+
+
+@connection.command("show")
+@click.argument("name")
+def connection_show(name: str) -> None:
+    """Everything about connection NAME but its secrets, as JSON: repositories, target, API URL,
+    credential (its kind and non-secret key), budget, policies, and how many webhook secrets and
+    API tokens it has."""
+    from worker import connections
+    from worker.db.session import transaction
+
+    with transaction() as session:
+        conn = connections.get(session, name)
+        if conn is None:
+            fail(f"no connection named {name!r}")
+        click.echo(json.dumps(connections.details(session, conn), indent=2))

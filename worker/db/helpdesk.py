@@ -1,7 +1,8 @@
 """The built-in helpdesk's own tables (tickets, ticket_comments, ticket_attachments): the default
 target of a connection. Only the helpdesk side (worker/targets/local.py) and its REST API
 (webhooks/tickets.py) use them; the sync runner reaches the helpdesk through the Side interface,
-and no other table refers to them (links and escalations name an item by the side's own id)."""
+and no other table refers to them (links and escalations name an item by the side's own id).
+A ticket made through the API names the connection it belongs to."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -25,6 +26,10 @@ class Ticket(Base):
     type: Mapped[str] = mapped_column(String(32), default="problem")
     assignee: Mapped[str | None] = mapped_column(String(255), nullable=True)
     reporter: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The connection a ticket made through the API belongs to (its token's). A ticket the sync
+    # made belongs to the connection of its link; one with neither, to admins only.
+    connection_id: Mapped[int | None] = mapped_column(
+        ForeignKey("connections.id", ondelete="SET NULL"), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

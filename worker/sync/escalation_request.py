@@ -37,6 +37,8 @@ class Request:
     include_comments: bool = False
     attachments: tuple[str, ...] = ()
     actor: str | None = None
+    #: The connections it may go through (the caller's, and the ticket's own); None: any.
+    within: frozenset[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,8 @@ def _connection_for(session: Session, req: Request) -> Connection:
     query = select(Connection).join(ConnectionRepo).where(ConnectionRepo.full_name == req.repo)
     if req.connection:
         query = query.where(Connection.name == req.connection)
+    if req.within is not None:
+        query = query.where(Connection.id.in_(tuple(req.within)))
     found = list(session.scalars(query))
     if not found:
         raise EscalationError(f"no connection syncs {req.repo}" +
