@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, current_app, g, jsonify, request
 
 from webhooks.http import sessions
 from worker import tokens
@@ -62,8 +62,9 @@ class FailureMeter:
 
 
 def install(app: Flask) -> None:
-    meter = FailureMeter()
-    app.extensions["bbsync_auth"] = meter
+    """Check every /api request. The failure meter is the app's `extensions["bbsync_auth"]`
+    (one per process; a test may put in its own)."""
+    app.extensions["bbsync_auth"] = FailureMeter()
 
     @app.before_request
     def _authenticate():
@@ -74,7 +75,7 @@ def install(app: Flask) -> None:
             with sessions().begin() as session:
                 principal = tokens.authenticate(session, request.headers.get("Authorization"))
         except tokens.Rejected as exc:
-            return _refused(meter, address, exc)
+            return _refused(current_app.extensions["bbsync_auth"], address, exc)
         if principal.read_only and request.method in WRITE_METHODS:
             return jsonify({"error": f"token {principal.name!r} is read-only"}), 403
         g.principal = principal

@@ -28,9 +28,16 @@ def _add_connection(name: str, repo: str) -> int:
         return conn.id
 
 
+def _app(allowed_failures: int = 10**9):
+    """The web app, with a failure meter of its own (the meter is tested on its own below)."""
+    app = create_app(enqueue=lambda task, arg: True)
+    app.extensions["bbsync_auth"] = auth.FailureMeter(allowed=allowed_failures)
+    return app
+
+
 @pytest.fixture
 def app(db):
-    return create_app(enqueue=lambda task, arg: True)
+    return _app()
 
 
 @pytest.fixture
@@ -93,11 +100,6 @@ def test_every_api_endpoint_refuses_a_request_without_a_valid_token(app, tenants
     after = _row_counts()
     assert after == before
     assert client.get("/healthz").status_code == 200  # open
-
-
-@pytest.fixture(autouse=True)
-def _no_throttle(monkeypatch):
-    monkeypatch.setattr(auth, "FAILURES_ALLOWED", 10**9)
 
 
 def test_a_read_only_token_reads_and_never_writes(app, tenants):
@@ -178,10 +180,8 @@ def test_failed_authentications_are_throttled_per_address():
     assert meter.wait("10.0.0.1") == 0
 
 
-def test_the_app_answers_429_with_retry_after_once_an_address_fails_too_often(app, tenants, monkeypatch):
-    monkeypatch.setattr(auth, "FAILURES_ALLOWED", 3)
-    app = create_app(enqueue=lambda task, arg: True)
-    client = app.test_client()
+def test_the_app_answers_429_with_retry_after_once_an_address_fails_too_often(app, tenants):
+    client = _app(allowed_failures=3).test_client()
     answers = [client.get("/api/ledger?connection=acme", headers={"Authorization": "Bearer nope"}).status_code
                for _ in range(5)]
     assert answers == [401, 401, 401, 429, 429]
@@ -219,10 +219,9 @@ def test_a_second_token_of_the_same_name_is_refused(db):
 
 def test_behind_a_trusted_proxy_the_forwarded_address_is_throttled(db, monkeypatch):
     from config.settings import get_settings
-    monkeypatch.setattr(auth, "FAILURES_ALLOWED", 2)
     monkeypatch.setenv("BBSYNC_TRUSTED_PROXIES", "1")
     get_settings.cache_clear()
-    client = create_app(enqueue=lambda task, arg: True).test_client()
+    client = _app(allowed_failures=2).test_client()
 
     def ask(address: str) -> int:
         return client.get("/api/ledger?connection=x", headers={"X-Forwarded-For": address}).status_code
@@ -231,9 +230,8 @@ def test_behind_a_trusted_proxy_the_forwarded_address_is_throttled(db, monkeypat
     get_settings.cache_clear()
 
 
-def test_without_a_trusted_proxy_a_forwarded_address_is_ignored(app, monkeypatch):
-    monkeypatch.setattr(auth, "FAILURES_ALLOWED", 2)
-    client = create_app(enqueue=lambda task, arg: True).test_client()
+def test_without_a_trusted_proxy_a_forwarded_address_is_ignored(app):
+    client = _app(allowed_failures=2).test_client()
     answers = [client.get("/api/ledger?connection=x", headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code
                for i in range(3)]
     assert answers == [401, 401, 429]  # a client cannot pick a new address per guess

@@ -16,17 +16,17 @@ PRUNABLE = (DeliveryStatus.PROCESSED, DeliveryStatus.IGNORED)
 BATCH = 2000
 
 
-def prune_bodies(older_than: datetime) -> int:
+def prune_bodies(older_than: datetime, batch: int = BATCH) -> int:
     """Empty the bodies of deliveries done with before `older_than`, a batch per transaction
     (a backlog never holds one long lock). Returns how many were pruned."""
     pruned = 0
     while True:
         with transaction() as session:
             # (status, received_at) is indexed; a delivery is done with soon after it arrives.
-            batch = select(Delivery.id).where(Delivery.status.in_(PRUNABLE), Delivery.received_at < older_than,
-                                              Delivery.body != "").limit(BATCH)
-            done = session.execute(update(Delivery).where(Delivery.id.in_(batch.scalar_subquery()))
+            chosen = select(Delivery.id).where(Delivery.status.in_(PRUNABLE), Delivery.received_at < older_than,
+                                              Delivery.body != "").limit(batch)
+            done = session.execute(update(Delivery).where(Delivery.id.in_(chosen.scalar_subquery()))
                                    .values(body="").execution_options(synchronize_session=False)).rowcount
         pruned += done
-        if done < BATCH:
+        if done < batch:
             return pruned

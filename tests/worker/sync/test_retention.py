@@ -37,9 +37,9 @@ def _bodies() -> dict[str, str]:
         return dict(session.execute(select(Delivery.id, Delivery.body)).all())
 
 
-def test_only_bodies_of_deliveries_done_with_past_the_period_are_emptied(stored, monkeypatch):
-    monkeypatch.setattr(retention, "BATCH", 1)  # several batches, each its own transaction
-    assert tasks.prune_deliveries() == 2
+def test_only_bodies_of_deliveries_done_with_past_the_period_are_emptied(stored):
+    # Batches of one: several batches, each its own transaction.
+    assert retention.prune_bodies(utcnow() - timedelta(days=30), batch=1) == 2
     bodies = _bodies()
     assert {k for k, v in bodies.items() if v == ""} == {"oldprocessed", "oldignored"}
     assert len(bodies) == 7  # every row stays, and every ledger entry
