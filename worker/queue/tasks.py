@@ -108,8 +108,7 @@ def process_deliveries(delivery_ids: list[str]) -> dict[str, str]:
             with transaction() as session:  # read again: it must now wait behind that one
                 taken = deliveries.read(session, delivery_id)
         try:
-            outcomes[delivery_id] = (_run_delivery(delivery_id) if started is None
-                                     else _run_delivery(delivery_id, taken))
+            outcomes[delivery_id] = _run_delivery(delivery_id, taken)
         except RETRYABLE as exc:
             log.info("sync.delivery_retry delivery=%s error=%s", delivery_id, exc.__class__.__name__)
             outcomes[delivery_id] = "retrying" if _retry_alone(delivery_id) else "waiting"
