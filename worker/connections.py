@@ -8,7 +8,7 @@ from typing import Any, Mapping
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from config import mappings
+from config import mappings, outbound
 from worker import crypto
 from worker.bitbucket.budget import BudgetMeter
 from worker.bitbucket.credentials import encode_secret, parse_api_token
@@ -55,8 +55,11 @@ def validate(spec: ConnectionSpec) -> None:
             raise InvalidConnection(f"a webhook secret must be 1-{MAX_SECRET_CHARS} printable characters")
     if spec.target not in SIDES:
         raise InvalidConnection(f"unknown target {spec.target!r} (known: {', '.join(sorted(SIDES))})")
-    if spec.api_url is not None and not re.fullmatch(r"https?://[^\s?#]+", spec.api_url):
-        raise InvalidConnection(f"--api-url {spec.api_url!r} is not an http(s) URL without query")
+    if spec.api_url is not None:
+        try:
+            outbound.check(spec.api_url, "--api-url")
+        except outbound.UnsafeUrl as exc:
+            raise InvalidConnection(str(exc)) from None
     if spec.api_token is not None:
         try:
             parse_api_token(spec.api_token)

@@ -68,11 +68,11 @@ def test_update_replaces_the_repo_list(session):
 
 
 def test_update_sets_api_url_without_trailing_slash_and_keeps_it_when_not_given(session):
-    connections.upsert(session, spec(api_url="http://simulator:9000/2.0/"))
+    connections.upsert(session, spec(api_url="https://simulator.example:9000/2.0/"))
     session.commit()
     connections.upsert(session, spec())
     session.commit()
-    assert stored(session).api_url == "http://simulator:9000/2.0"
+    assert stored(session).api_url == "https://simulator.example:9000/2.0"
 
 
 def test_policies_and_mapping_override_are_stored(session):

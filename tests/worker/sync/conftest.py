@@ -25,7 +25,7 @@ from worker.db.models import Delivery, OutboxEntry, utcnow
 from worker.db.session import transaction
 from worker.sync import forward
 
-SIM = "http://bitbucket.test"
+SIM = "https://bitbucket.test"
 REPO = "acme/widgets"
 TOKEN = "dev@acme.example:api-token"
 

@@ -198,7 +198,7 @@ class LazyBitbucket:
         return {"type": "issue", "id": i + 1, "title": f"Issue {i + 1}", "state": "new", "kind": "bug",
                 "priority": "major", "assignee": None, "reporter": None, "created_on": when,
                 "updated_on": when, "content": {"raw": "x" * 20_000, "markup": "markdown", "html": ""},
-                "links": {"html": {"href": f"http://bitbucket.test/{REPO}/issues/{i + 1}"}}}
+                "links": {"html": {"href": f"https://bitbucket.test/{REPO}/issues/{i + 1}"}}}
 
     def iter_issues(self, repo, q=None, sort=None, pagelen=100):
         first = 0

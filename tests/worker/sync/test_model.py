@@ -39,7 +39,7 @@ from worker.db.session import transaction
 from worker.sync import forward, push, reconcile, reverse, reverse_comments
 from tests.worker.sync.conftest import let_claims_lapse
 
-SIM, REPO, TOKEN = "http://bitbucket.test", "acme/model", "sync@acme.example:token"
+SIM, REPO, TOKEN = "https://bitbucket.test", "acme/model", "sync@acme.example:token"
 FIELDS = {"status": ("state", ("new", "open", "pending", "on_hold", "solved", "closed"),
                      ("new", "open", "on hold", "resolved", "duplicate", "wontfix", "closed")),
           "priority": ("priority", ("low", "normal", "high", "urgent"),
