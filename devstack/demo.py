@@ -10,7 +10,6 @@ ledger.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import sys
 import time
@@ -77,19 +76,18 @@ class Demo:
         raise TimeoutError(f"ticket {ticket_id} was not escalated within {timeout:.0f} s "
                            f"(last state: {escalation}); is the worker running?")
 
-    def setup(self, hook_secret: str) -> None:
-        self.stack.run("connection", "add", CONNECTION, "--repo", REPO, "--webhook-secret", hook_secret,
+    def setup(self) -> None:
+        self.stack.run("connection", "add", CONNECTION, "--repo", REPO,
                        "--api-url", f"{self.sim}/2.0", "--api-token", SYNC_TOKEN)
         # The helpdesk calls the API as any client would: with a token made for it (shown
         # once), which sees this connection only; the tickets it makes belong to it.
         made = self.stack.run("token", "create", "demo-agent", "--connection", CONNECTION)
         self.hd.headers["Authorization"] = f"Bearer {made.stdout.strip().splitlines()[-1]}"
         self.bitbucket("POST", json={"scm": "git", "has_issues": True})
-        self.bitbucket("POST", "/hooks", json={
-            "url": f"{self.web}/webhooks/bitbucket/{CONNECTION}", "description": "bbsync", "active": True,
-            "secret": hook_secret, "events": ["issue:created", "issue:updated", "issue:comment_created"]})
-        _say(f"  connection {CONNECTION!r} syncs {REPO}; a signed webhook points at the web app; "
-             f"API token 'demo-agent' (scoped to {CONNECTION!r}) made")
+        # bbsync makes the repository's webhook itself, with a secret it generates.
+        self.stack.run("hooks", "register", CONNECTION, "--public-url", self.web)
+        _say(f"  connection {CONNECTION!r} syncs {REPO}; `bbsync hooks register` made its signed "
+             f"webhook; API token 'demo-agent' (scoped to {CONNECTION!r}) made")
 
     def play(self) -> tuple[int, int]:
         ticket = self.helpdesk("POST", "/tickets", json={
@@ -187,7 +185,7 @@ def run() -> int:
         web = stack.start_web(workers=1, threads=4)
         _say(f"  started the Bitbucket simulator ({sim_url}), a Celery worker and the web app ({web})")
         demo = Demo(stack, web, sim_url)
-        demo.setup(secrets.token_urlsafe(24))
+        demo.setup()
         ticket_id, issue_id = demo.play()
         demo.report(ticket_id, issue_id)
         _say(f"\ndemo finished in {time.monotonic() - started:.1f} s; logs in {var}")

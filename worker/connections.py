@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Mapping
 
 from sqlalchemy import select
@@ -31,7 +32,9 @@ class InvalidConnection(ValueError):
 class ConnectionSpec:
     name: str
     repos: tuple[str, ...]
-    webhook_secrets: tuple[str, ...]
+    #: The secrets of hooks made by hand; none keeps what is there (bbsync hooks register
+    #: makes its own).
+    webhook_secrets: tuple[str, ...] = ()
     target: str = "local"
     api_url: str | None = None
     mapping_override: Mapping[str, Any] | None = None
@@ -48,8 +51,6 @@ def validate(spec: ConnectionSpec) -> None:
     for repo in spec.repos:
         if not REPO_RE.fullmatch(repo):
             raise InvalidConnection(f"repository {repo!r} is not WORKSPACE/REPO_SLUG")
-    if not spec.webhook_secrets:
-        raise InvalidConnection("a connection needs a --webhook-secret")
     for secret in spec.webhook_secrets:
         if not secret or len(secret) > MAX_SECRET_CHARS or not secret.isprintable():
             raise InvalidConnection(f"a webhook secret must be 1-{MAX_SECRET_CHARS} printable characters")
@@ -128,23 +129,31 @@ def upsert(session: Session, spec: ConnectionSpec) -> tuple[Connection, bool]:
     have = {r.full_name for r in conn.repos}
     conn.repos.extend(ConnectionRepo(full_name=r) for r in wanted_repos if r not in have)
 
-    # The given secrets become the active set: rotate by giving old and new, then new alone.
-    wanted = list(dict.fromkeys(spec.webhook_secrets))
-    kept: list[str] = []
-    for row in conn.secrets:
-        plain = crypto.decrypt(row.ciphertext)
-        row.active = plain in wanted
-        if row.active:
-            kept.append(plain)
-    conn.secrets.extend(WebhookSecret(ciphertext=crypto.encrypt(s), active=True)
-                        for s in wanted if s not in kept)
-    # Inactive secrets are dropped, not kept around: a retired secret has no use.
-    conn.secrets[:] = [s for s in conn.secrets if s.active]
+    if spec.webhook_secrets:
+        _set_given_secrets(conn, spec.webhook_secrets)
     # A new revision even when only repositories or secrets changed: workers cache the row
     # by it (cached, above).
     conn.updated_at = utcnow()
     session.flush()
     return conn, created
+
+
+def _set_given_secrets(conn: Connection, secrets: tuple[str, ...]) -> None:
+    """The given secrets become the active set of hand-made hooks' secrets: rotate by giving
+    old and new, then new alone. The secrets of hooks bbsync made are not touched."""
+    wanted = list(dict.fromkeys(secrets))
+    kept: list[str] = []
+    for row in conn.secrets:
+        if row.origin != "given":
+            continue
+        plain = crypto.decrypt(row.ciphertext)
+        row.active = plain in wanted
+        if row.active:
+            kept.append(plain)
+    conn.secrets.extend(WebhookSecret(ciphertext=crypto.encrypt(s), active=True, origin="given")
+                        for s in wanted if s not in kept)
+    # Inactive secrets are dropped, not kept around: a retired secret has no use.
+    conn.secrets[:] = [s for s in conn.secrets if s.active]
 
 
 def _store_credential(session: Session, conn: Connection, secret) -> None:
@@ -177,15 +186,24 @@ def summary(session: Session, conn: Connection) -> dict[str, Any]:
 
 
 def details(session: Session, conn: Connection) -> dict[str, Any]:
-    """summary(), and what kind of credential it has and which tokens may see it: never a
-    secret."""
+    """summary(), and what kind of credential it has, which tokens may see it and the hooks
+    bbsync made (as recorded; `bbsync hooks list` asks Bitbucket): never a secret."""
+    from worker.db.hooks import ConnectionHook
     from worker.db.tokens import ApiToken, ApiTokenConnection
     credential = session.get(Credential, conn.credential_id) if conn.credential_id else None
     scoped = session.scalars(select(ApiToken.name).join(ApiTokenConnection).where(
         ApiTokenConnection.connection_id == conn.id, ApiToken.revoked_at.is_(None)).order_by(ApiToken.name))
+    made = session.scalars(select(ConnectionHook).where(ConnectionHook.connection_id == conn.id)
+                           .order_by(ConnectionHook.repo))
+    live = [s for s in conn.secrets if s.active]
+    hooks = {"public_url": conn.hooks_public_url,
+             "recorded": [{"repo": h.repo, "hook": h.hook_uuid} for h in made],
+             "secrets": {"given": sum(1 for s in live if s.origin == "given"),
+                         "generated": sum(1 for s in live if s.origin == "hooks" and not s.retire_at),
+                         "retiring": [s.retire_at.isoformat() for s in live if s.retire_at]}}
     return {**summary(session, conn), "credential_kind": credential.kind if credential else None,
             "mapping_override": conn.mapping_override or {}, "created_at": conn.created_at.isoformat(),
-            "updated_at": conn.updated_at.isoformat(), "api_tokens": list(scoped)}
+            "updated_at": conn.updated_at.isoformat(), "api_tokens": list(scoped), "hooks": hooks}
 
 
 def list_all(session: Session) -> list[Connection]:
@@ -193,8 +211,16 @@ def list_all(session: Session) -> list[Connection]:
                                 .options(selectinload(Connection.repos), selectinload(Connection.secrets))))
 
 
-def active_secrets(conn: Connection) -> list[str]:
-    return [crypto.decrypt(s.ciphertext) for s in conn.secrets if s.active]
+def active_secrets(conn: Connection, now: datetime | None = None) -> list[str]:
+    """The secrets a delivery may be signed with now: a rotated-out one until its retire_at."""
+    now = now or utcnow()
+    return [crypto.decrypt(s.ciphertext) for s in conn.secrets
+            if s.active and (s.retire_at is None or s.retire_at > now)]
+
+
+def secrets_valid_until(conn: Connection) -> datetime | None:
+    """When the earliest of the accepted secrets stops being accepted (None: none retires)."""
+    return min((s.retire_at for s in conn.secrets if s.active and s.retire_at), default=None)
 
 
 def tables_for(conn: Connection) -> mappings.MappingTables:

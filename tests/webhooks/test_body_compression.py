@@ -11,19 +11,21 @@ from sqlalchemy import text
 from config.settings import get_settings
 from webhooks import _receiver_engine
 from webhooks.delivery_store import DeliveryWriter
-from worker import connections
 from worker.db import migrate
 from worker.db.models import utcnow
-from worker.db.session import get_engine, transaction
+from worker.db.session import get_engine
 
 BEFORE = "6b92b8026009"
 
 
 def _store_big_body(request_uuid: str) -> str:
-    with transaction() as session:
-        connections.upsert(session, connections.ConnectionSpec(
-            name="acme", repos=("acme/widgets",), webhook_secrets=("s3cret",)))
-        connection_id = session.execute(text("select id from connections where name = 'acme'")).scalar_one()
+    # In SQL, not through the models: they may have columns this older schema has not.
+    with get_engine().begin() as conn:
+        conn.execute(text(
+            "insert into connections (name, target, api_url, push_internal_notes, created_at, updated_at) "
+            "values ('acme', 'local', 'https://api.bitbucket.org/2.0', false, :now, :now) "
+            "on conflict (name) do nothing"), {"now": utcnow()})
+        connection_id = conn.execute(text("select id from connections where name = 'acme'")).scalar_one()
     body = json.dumps({"issue": {"content": {"raw": "steps to reproduce " * 400}}})
     assert len(body) > 4000  # past the TOAST threshold: compressed when stored
     writer = DeliveryWriter(_receiver_engine(get_settings().database_url))

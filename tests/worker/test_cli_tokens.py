@@ -66,6 +66,8 @@ def test_connection_show_tells_everything_but_secrets(acme):
     details = json.loads(shown.output)
     assert details["repos"] == ["acme/widgets"] and details["credential_kind"] == "api_token"
     assert details["api_tokens"] == ["agent"] and details["webhook_secrets"] == 1
+    assert details["hooks"] == {"public_url": None, "recorded": [],
+                                "secrets": {"given": 1, "generated": 0, "retiring": []}}
     for secret in ("s3cret-hook", "very-secret-api-token", token):
         assert secret not in shown.output
     missing = bbsync("connection", "show", "nosuch\x00")

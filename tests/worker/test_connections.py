@@ -168,9 +168,20 @@ def test_bad_repo_is_rejected_naming_it(repo):
     assert repr(repo) in str(err.value)
 
 
-def test_no_secret_is_rejected():
-    with pytest.raises(InvalidConnection, match="needs a --webhook-secret"):
-        connections.validate(spec(webhook_secrets=()))
+def test_a_connection_needs_no_secret_when_bbsync_makes_its_hooks(session):
+    connections.upsert(session, spec(webhook_secrets=()))
+    assert connections.active_secrets(stored(session)) == []
+
+
+def test_an_update_without_secrets_keeps_them_and_one_with_secrets_leaves_generated_ones(session):
+    connections.upsert(session, spec(webhook_secrets=("given-1",)))
+    conn = stored(session)
+    conn.secrets.append(WebhookSecret(ciphertext=crypto.encrypt("made-by-bbsync"), active=True, origin="hooks"))
+    session.flush()
+    connections.upsert(session, spec(webhook_secrets=()))
+    assert sorted(connections.active_secrets(stored(session))) == ["given-1", "made-by-bbsync"]
+    connections.upsert(session, spec(webhook_secrets=("given-2",)))
+    assert sorted(connections.active_secrets(stored(session))) == ["given-2", "made-by-bbsync"]
 
 
 @pytest.mark.parametrize("secret", ["", "x" * 129, "tab\there", "new\nline", "nul\x00",

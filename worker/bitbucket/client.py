@@ -195,6 +195,13 @@ class BitbucketClient:
     def iter_hooks(self, repo: str) -> Iterator[dict]:
         return self._paginate(urls.path(urls.HOOKS, repo), {})
 
+    def update_hook(self, repo: str, uid: str, body: Mapping[str, Any]) -> dict:
+        """Change the given fields of a hook (an omitted `secret` is kept by Bitbucket)."""
+        return self._json("PUT", urls.hook(repo, uid), json=dict(body))
+
+    def delete_hook(self, repo: str, uid: str) -> None:
+        self._request("DELETE", urls.hook(repo, uid))
+
     # -- plumbing ----------------------------------------------------------------------------
 
     def _count(self, request: httpx2.Request) -> None:

@@ -48,6 +48,17 @@ def path(template: str, full_name: str, issue: int | None = None) -> str:
     return template.format(**fields)
 
 
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def hook(full_name: str, uid: str) -> str:
+    """A webhook's path: its uuid (braces optional) in braces, as Bitbucket lists it."""
+    bare = uid.strip().strip("{}").lower() if isinstance(uid, str) else ""
+    if not _UUID.fullmatch(bare):
+        raise ValueError(f"webhook id {uid!r} is not a UUID")
+    return f"{path(HOOKS, full_name)}/%7B{bare}%7D"
+
+
 def same_origin(url: str, base_url: str) -> bool:
     """Whether `url` (a `next` link) points at the API we were configured with, so our
     Authorization header is never sent to another host."""

@@ -18,8 +18,9 @@ def connection() -> None:
 @connection.command("add")
 @click.argument("name")
 @click.option("--repo", "repos", multiple=True, required=True, help="WORKSPACE/REPO_SLUG (repeatable).")
-@click.option("--webhook-secret", "secrets", multiple=True, required=True,
-              help="The hook's secret (repeatable: give old and new to rotate).")
+@click.option("--webhook-secret", "secrets", multiple=True,
+              help="The secret of a hook made by hand (repeatable: give old and new to rotate); "
+                   "not needed when bbsync makes the hooks (bbsync hooks register).")
 @click.option("--target", default="local", show_default=True)
 @click.option("--api-url", default=None, help="Bitbucket API base URL.")
 @click.option("--mapping", "mapping_file", type=click.Path(exists=True, dir_okay=False),
@@ -63,8 +64,8 @@ def connection_add(name, repos, secrets, target, api_url, mapping_file, api_toke
             _conn, created = connections.upsert(session, spec)
     except connections.InvalidConnection as exc:
         fail(str(exc))
-    click.echo(f"connection {name} {'created' if created else 'updated'}: "
-               f"{len(set(repos))} repo(s), {len(set(secrets))} active webhook secret(s)")
+    given = f"{len(set(secrets))} active webhook secret(s)" if secrets else "webhook secrets unchanged"
+    click.echo(f"connection {name} {'created' if created else 'updated'}: {len(set(repos))} repo(s), {given}")
 
 
 @connection.command("list")

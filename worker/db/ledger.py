@@ -98,7 +98,8 @@ def as_dict(e: LedgerEntry) -> dict[str, Any]:
 
 def explain(e: LedgerEntry) -> str:
     """One line a person can read: what happened, to what, and why."""
-    arrow = "Bitbucket -> helpdesk" if e.direction == "forward" else "helpdesk -> Bitbucket"
+    arrow = {"forward": "Bitbucket -> helpdesk", "reverse": "helpdesk -> Bitbucket"}.get(
+        e.direction, "bbsync -> Bitbucket")
     if not e.field:
         what = ""
     elif e.outcome == Outcome.ECHO:

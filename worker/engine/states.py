@@ -34,6 +34,7 @@ class Policy(StrEnum):
 class Direction(StrEnum):
     FORWARD = "forward"      # Bitbucket -> the target side
     REVERSE = "reverse"      # the target side -> Bitbucket
+    SETUP = "setup"          # bbsync configuring Bitbucket for a connection (its webhooks)
 
 
 class DeliveryStatus(StrEnum):

@@ -75,6 +75,8 @@ BEAT_SCHEDULE = {
     "requeue-pending": {"task": "bbsync.requeue_pending", "schedule": 60.0},
     # Bodies of deliveries done with, past BBSYNC_DELIVERY_RETENTION_DAYS (rows and ledger stay).
     "prune-deliveries": {"task": "bbsync.prune_deliveries", "schedule": 3600.0},
+    # Webhooks bbsync registered: put back what drifted; retire rotated-out secrets.
+    "maintain-hooks": {"task": "bbsync.maintain_hooks", "schedule": 900.0},
 }
 
 

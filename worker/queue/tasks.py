@@ -16,7 +16,7 @@ from worker.bitbucket import errors as bitbucket_errors
 from worker.db.models import Delivery, utcnow
 from worker.db.session import transaction
 from worker.engine.states import DeliveryStatus
-from worker.sync import claims, deliveries, forward, outbox, push, retention
+from worker.sync import claims, deliveries, forward, hooks, outbox, push, retention
 from worker.sync import escalate as escalation
 from worker.targets import side
 
@@ -262,6 +262,23 @@ def prune_deliveries() -> int:
     if pruned:
         log.info("deliveries.pruned count=%d older_than_days=%d", pruned, days)
     return pruned
+
+
+@app.task(name="bbsync.maintain_hooks")
+def maintain_hooks() -> dict:
+    """The beat's hook job: retire rotated-out secrets whose overlap ended, and repair the hooks
+    of every connection that registered them (each write and failure is a ledger entry)."""
+    summary = {"retired": hooks.retire_expired(), "repaired": 0, "failed": 0}
+    for name in hooks.registered():
+        try:
+            results = hooks.register(name)
+        except Exception as exc:  # one connection's trouble must not stop the others'
+            log.warning("hooks.repair_failed connection=%s error=%s", name, type(exc).__name__)
+            summary["failed"] += 1
+            continue
+        summary["repaired"] += sum(1 for r in results if r.actions)
+        summary["failed"] += sum(1 for r in results if r.error)
+    return summary
 
 
 @app.task(name="bbsync.requeue_pending")
