@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 from config import mappings, outbound
 from worker import crypto
 from worker.bitbucket.budget import BudgetMeter
-from worker.bitbucket.credentials import encode_secret, parse_api_token
+from worker.bitbucket.credentials import parse_api_token, store_for_connection
 from worker.db.credentials import Credential
 from worker.db.models import Connection, ConnectionRepo, WebhookSecret, utcnow
 from worker.engine.events import SYNCED_FIELDS
@@ -121,7 +121,7 @@ def upsert(session: Session, spec: ConnectionSpec) -> tuple[Connection, bool]:
     if spec.push_internal_notes is not None:
         conn.push_internal_notes = spec.push_internal_notes
     if spec.api_token is not None:
-        _store_credential(session, conn, parse_api_token(spec.api_token))
+        store_for_connection(session, conn, parse_api_token(spec.api_token))
 
     wanted_repos = list(dict.fromkeys(spec.repos))
     conn.repos[:] = [r for r in conn.repos if r.full_name in wanted_repos]
@@ -145,16 +145,6 @@ def upsert(session: Session, spec: ConnectionSpec) -> tuple[Connection, bool]:
     conn.updated_at = utcnow()
     session.flush()
     return conn, created
-
-
-def _store_credential(session: Session, conn: Connection, secret) -> None:
-    row = session.get(Credential, conn.credential_id) if conn.credential_id else None
-    if row is None:
-        row = Credential(kind=secret.kind)
-        session.add(row)
-    row.kind, row.key, row.secret = secret.kind, secret.key, encode_secret(secret)
-    session.flush()
-    conn.credential_id = row.id
 
 
 def summary(session: Session, conn: Connection) -> dict[str, Any]:
