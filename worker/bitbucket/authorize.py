@@ -197,14 +197,16 @@ def complete(sessions: sessionmaker[Session], state: str | None, code: str | Non
         raise Refused("missing_code", "Bitbucket's answer has no authorization code.")
     with sessions.begin() as session:
         spent = _spend_state(session, state, now)
-        name = session.scalar(select(Connection.name).where(Connection.id == spent.connection_id))
+        name, api_url = session.execute(select(Connection.name, Connection.api_url)
+                                        .where(Connection.id == spent.connection_id)).one()
     if error is not None:
         word = error if error in _KNOWN_ERRORS else "error"
         log.warning("bitbucket.oauth_refused connection=%s reason=%s", name, word)
         raise Refused(word, "Bitbucket did not authorize bbsync"
                       + (" (access was denied)." if word == "access_denied" else f" ({word})."))
-    _authorize_url, token_url = oauth_urls(_api_url(sessions, spent.connection_id))
-    answer = exchange(token_url, spent, code, transport=transport)      # type: ignore[arg-type]
+    assert code is not None                 # (checked above)
+    _authorize_url, token_url = oauth_urls(api_url)
+    answer = exchange(token_url, spent, code, transport=transport)
     secret = _credential(spent, token_url, answer, clock())
     with sessions.begin() as session:
         conn = session.get(Connection, spent.connection_id, with_for_update=True)
@@ -225,11 +227,6 @@ def _credential(spent: _Spent, token_url: str, answer: dict[str, Any], now: floa
                                 expires_at=got.expires_at)
     except (TypeError, ValueError, KeyError):
         raise ExchangeFailed("the token endpoint answered without usable tokens") from None
-
-
-def _api_url(sessions: sessionmaker[Session], connection_id: int) -> str:
-    with sessions() as session:
-        return session.scalar(select(Connection.api_url).where(Connection.id == connection_id))
 
 
 def exchange(token_url: str, spent: _Spent, code: str, *,
