@@ -63,10 +63,12 @@ class Stack:
         self.procs[name] = proc
         return proc
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        """Run a `bbsync` command in this stack's environment."""
-        return subprocess.run([_bin("bbsync"), *args], env=self.env, capture_output=True,
-                              text=True, check=check, timeout=120)
+    def run(self, *args: str, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run a `bbsync` command in this stack's environment (plus `env`: a secret a user
+        would export rather than type)."""
+        return subprocess.run([_bin("bbsync"), *args], env={**self.env, **(env or {})},
+                              capture_output=True, text=True, check=check, timeout=120)
 
     def start_web(self, port: int | None = None, workers: int | None = None, threads: int | None = None,
                   app: str = "webhooks:create_app()", chdir: str | None = None) -> str:

@@ -1,5 +1,5 @@
-"""The simulator's Flask app: Bitbucket's REST API under /2.0, its OAuth token endpoint under
-/site/oauth2, and the simulator's own control API under /_sim (no auth; not Bitbucket's).
+"""The simulator's Flask app: Bitbucket's REST API under /2.0, its OAuth authorize page and token
+endpoint under /site/oauth2, and the simulator's own control API under /_sim (no auth; not Bitbucket's).
 
 Every /2.0 request passes, in order: injected faults and delays (state.faults), authentication (the
 principal becomes the actor of edits and webhooks), the optional rate limit (ratelimit.py),
@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import payloads
 from .api import bp as api_bp
+from .authorize import bp as authorize_bp
 from .control import bp as control_bp
 from .models import ApiError, User
 from .oauth import bp as oauth_bp
@@ -38,6 +39,7 @@ def create_app(state: SimulatorState | None = None) -> Flask:
     app.extensions["bbsim"] = state if state is not None else SimulatorState()
     app.register_blueprint(api_bp)
     app.register_blueprint(oauth_bp)
+    app.register_blueprint(authorize_bp)
     app.register_blueprint(control_bp)
     app.before_request(_guard_api)
     app.after_request(_log_api)

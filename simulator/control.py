@@ -8,7 +8,9 @@
     GET    /_sim/requests         the /2.0 request log with counts;  DELETE clears it
     GET    /_sim/deliveries       webhook delivery attempts; ?wait=S waits for the queue first
     GET    /_sim/events           webhook events fired (with their payloads)
-    POST   /_sim/settings         {"token_ttl": seconds, "rate_limit_per_hour": N or null}
+    POST   /_sim/settings         {"token_ttl": seconds, "rate_limit_per_hour": N or null,
+                                   "oauth_consent": "grant" or "deny"}
+    POST   /_sim/consumers        {"client_id", "client_secret", "callback_url"}: an OAuth consumer
     POST   /_sim/tokens/expire    every issued access token expires now
     POST   /_sim/reset            forget everything
     GET    /_sim/download/<token> one-time attachment download (where attachment GETs redirect)
@@ -20,6 +22,8 @@ from dataclasses import asdict
 from urllib.parse import quote
 
 from flask import Blueprint, Response, current_app, jsonify, request
+
+from .authorize import CONSENTS
 
 bp = Blueprint("control", __name__, url_prefix="/_sim")
 
@@ -121,8 +125,26 @@ def settings():
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             return _bad("rate_limit_per_hour must be a positive integer or null")
         state.rate_limit_per_hour = limit
+    if "oauth_consent" in body:
+        if body["oauth_consent"] not in CONSENTS:
+            return _bad(f"oauth_consent must be one of {', '.join(CONSENTS)}")
+        state.consumers.consent = body["oauth_consent"]
     return jsonify({"token_ttl": state.token_ttl,
-                    "rate_limit_per_hour": state.rate_limit_per_hour})
+                    "rate_limit_per_hour": state.rate_limit_per_hour,
+                    "oauth_consent": state.consumers.consent})
+
+
+@bp.post("/consumers")
+def add_consumer():
+    body = request.get_json(silent=True)
+    fields = ("client_id", "client_secret", "callback_url")
+    if not isinstance(body, dict) or not all(isinstance(body.get(f), str) for f in fields):
+        return _bad('expected {"client_id", "client_secret", "callback_url"}')
+    try:
+        consumer = _state().consumers.add(*(body[f] for f in fields))
+    except ValueError as exc:
+        return _bad(str(exc))
+    return jsonify({"client_id": consumer.client_id, "callback_url": consumer.callback_url}), 201
 
 
 @bp.post("/tokens/expire")

@@ -1,6 +1,8 @@
 """Bitbucket's OAuth 2.0 token endpoint: POST /site/oauth2/access_token.
 
-Grants: client_credentials, authorization_code (any code is accepted) and refresh_token.
+Grants: client_credentials, authorization_code (a code from the authorize page, authorize.py:
+single use, for its client, redirect_uri and PKCE verifier) and refresh_token. A registered
+consumer must present its secret; any other client id is accepted as it comes.
 Access tokens expire after `state.token_ttl` seconds; refresh tokens rotate: each refresh
 returns a new one and the old one is invalid from then on (reusing it is `invalid_grant`),
 which is why a client must persist the new token at once and never refresh concurrently.
@@ -103,11 +105,17 @@ def _client_credentials() -> tuple[str, str]:
 def access_token():
     state = current_app.extensions["bbsim"]
     try:
-        client_id, _secret = _client_credentials()
+        client_id, secret = _client_credentials()
+        state.consumers.check_secret(client_id, secret)
         grant = request.form.get("grant_type", "")
-        if grant in ("client_credentials", "authorization_code"):
-            if grant == "authorization_code" and not request.form.get("code"):
+        if grant == "client_credentials":
+            return jsonify(state.tokens.issue(client_id, state.token_ttl))
+        if grant == "authorization_code":
+            code = request.form.get("code")
+            if not code:
                 raise OAuthError(400, "invalid_request", "Missing code")
+            state.consumers.redeem(code, client_id, request.form.get("redirect_uri"),
+                                   request.form.get("code_verifier"))
             return jsonify(state.tokens.issue(client_id, state.token_ttl))
         if grant == "refresh_token":
             token = request.form.get("refresh_token", "")

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import httpx2
 
 from . import payloads
+from .authorize import Consumers
 from .delivery import Delivery, Dispatcher, Outgoing
 from .faults import FaultQueue
 from .hooks import HookOperations
@@ -59,6 +60,7 @@ class SimulatorState(IssueOperations, HookOperations, UserOperations):
         self.lock = threading.RLock()
         self.faults = FaultQueue()
         self.tokens = TokenStore()
+        self.consumers = Consumers()             # OAuth consumers and their codes
         self.token_ttl: float = 3600
         self.rate_limit_per_hour: int | None = None     # see ratelimit.py; off by default
         self.rate_limiter = RateLimiter()
@@ -100,7 +102,7 @@ class SimulatorState(IssueOperations, HookOperations, UserOperations):
         self.close()
 
     def reset(self) -> None:
-        """Forget everything: repositories, users, tokens, faults, logs and records."""
+        """Forget everything: repositories, users, tokens, consumers, faults, logs and records."""
         self.wait_for_deliveries()     # so no delivery from before lands after the reset
         with self.lock:
             self._repos.clear()
@@ -110,6 +112,7 @@ class SimulatorState(IssueOperations, HookOperations, UserOperations):
             self.request_log.clear()
             self.events.clear()
             self.tokens.clear()
+            self.consumers.clear()
             self.faults.clear()
             self.token_ttl = 3600
             self.rate_limit_per_hour = None

@@ -1,4 +1,5 @@
-"""The Flask app: the webhook receiver, the local helpdesk API and the operator pages."""
+"""The Flask app: the webhook receiver, the local helpdesk API, the operator pages and the OAuth
+connect pages."""
 from __future__ import annotations
 
 import logging
@@ -59,11 +60,12 @@ def create_app(settings: Settings | None = None,
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
-    from webhooks import auth, operator, receiver, tickets
+    from webhooks import auth, oauth, operator, receiver, tickets
     auth.install(app)
     app.register_blueprint(receiver.bp)
     app.register_blueprint(tickets.bp)
     app.register_blueprint(operator.bp)
+    app.register_blueprint(oauth.bp)
 
     @app.get("/healthz")
     def healthz():

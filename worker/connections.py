@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 from config import mappings, outbound
 from worker import crypto
 from worker.bitbucket.budget import BudgetMeter
-from worker.bitbucket.credentials import encode_secret, parse_api_token
+from worker.bitbucket.credentials import parse_api_token, store_for_connection
 from worker.db.credentials import Credential
 from worker.db.models import Connection, ConnectionRepo, WebhookSecret, utcnow
 from worker.engine.events import SYNCED_FIELDS
@@ -122,7 +122,7 @@ def upsert(session: Session, spec: ConnectionSpec) -> tuple[Connection, bool]:
     if spec.push_internal_notes is not None:
         conn.push_internal_notes = spec.push_internal_notes
     if spec.api_token is not None:
-        _store_credential(session, conn, parse_api_token(spec.api_token))
+        store_for_connection(session, conn, parse_api_token(spec.api_token))
 
     wanted_repos = list(dict.fromkeys(spec.repos))
     conn.repos[:] = [r for r in conn.repos if r.full_name in wanted_repos]
@@ -154,16 +154,6 @@ def _set_given_secrets(conn: Connection, secrets: tuple[str, ...]) -> None:
                         for s in wanted if s not in kept)
     # Inactive secrets are dropped, not kept around: a retired secret has no use.
     conn.secrets[:] = [s for s in conn.secrets if s.active]
-
-
-def _store_credential(session: Session, conn: Connection, secret) -> None:
-    row = session.get(Credential, conn.credential_id) if conn.credential_id else None
-    if row is None:
-        row = Credential(kind=secret.kind)
-        session.add(row)
-    row.kind, row.key, row.secret = secret.kind, secret.key, encode_secret(secret)
-    session.flush()
-    conn.credential_id = row.id
 
 
 def summary(session: Session, conn: Connection) -> dict[str, Any]:

@@ -47,8 +47,9 @@ def test_client_credentials_may_come_as_form_fields(app):
     assert response.status_code == 200
 
 
-def test_authorization_code_grant_accepts_any_code(app):
-    assert _token(app, grant_type="authorization_code", code="anything").status_code == 200
+def test_authorization_code_grant_needs_a_code_from_the_authorize_page(app):
+    # (the authorize page and its codes: test_oauth_authorize.py)
+    assert _token(app, grant_type="authorization_code", code="anything").json["error"] == "invalid_grant"
     assert _token(app, grant_type="authorization_code").json["error"] == "invalid_request"
 
 

@@ -53,3 +53,23 @@ def test_the_outbox_migration_keeps_each_waiting_write_and_escalation(settings_e
     engine.dispose()
     assert tuple(row) == ("bitbucket", "comment", "42", "pending")
     assert tuple(escalation) == ("3", "creating") and tuple(link) == ("3",)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_oauth_migration_goes_down_and_up_again(backend, request):
+    from alembic import command
+    from sqlalchemy import inspect
+    request.getfixturevalue("db" if backend == "sqlite" else "postgres_db")
+    url = get_settings().database_url
+
+    def tables() -> set[str]:
+        engine = create_engine(url)
+        try:
+            return set(inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+    assert "oauth_authorizations" in tables()
+    command.downgrade(migrate.alembic_config(), "0a9ba0a54f86")
+    assert "oauth_authorizations" not in tables()
+    migrate.upgrade()
+    assert "oauth_authorizations" in tables() and _drift(url) == []

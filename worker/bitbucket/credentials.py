@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker import crypto
 from worker.db.credentials import Credential
-from worker.db.models import utcnow
+from worker.db.models import Connection, utcnow
 
 from .urls import DEFAULT_TOKEN_URL
 
@@ -179,6 +179,18 @@ def decode_secret(kind: str, ciphertext: bytes) -> Secret:
 
 
 _encode, _decode = encode_secret, decode_secret      # older private names, still imported
+
+
+def store_for_connection(session: Session, conn: Connection, secret: Secret) -> None:
+    """Make `secret` the connection's credential (in the caller's transaction): its row is
+    rewritten in place, or made if it has none."""
+    row = session.get(Credential, conn.credential_id) if conn.credential_id else None
+    if row is None:
+        row = Credential(kind=secret.kind)
+        session.add(row)
+    row.kind, row.key, row.secret = secret.kind, secret.key, encode_secret(secret)
+    session.flush()
+    conn.credential_id = row.id
 
 
 @dataclass(frozen=True)

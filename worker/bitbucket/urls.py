@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 DEFAULT_API_URL = "https://api.bitbucket.org/2.0"
 DEFAULT_TOKEN_URL = "https://bitbucket.org/site/oauth2/access_token"
+DEFAULT_AUTHORIZE_URL = "https://bitbucket.org/site/oauth2/authorize"
+_OAUTH_PATHS = ("/site/oauth2/authorize", "/site/oauth2/access_token")
 
 _PART = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
@@ -64,3 +66,15 @@ def same_origin(url: str, base_url: str) -> bool:
     Authorization header is never sent to another host."""
     a, b = urlsplit(url), urlsplit(base_url)
     return (a.scheme.lower(), a.hostname, a.port) == (b.scheme.lower(), b.hostname, b.port)
+
+
+def oauth_urls(api_url: str) -> tuple[str, str]:
+    """(authorize URL, token URL) of the Bitbucket behind `api_url`: bitbucket.org's for the
+    real API (api.bitbucket.org), and the same origin's /site/oauth2/... for any other (the
+    simulator serves both from one host)."""
+    parts = urlsplit(api_url)
+    if parts.hostname == "api.bitbucket.org":
+        return DEFAULT_AUTHORIZE_URL, DEFAULT_TOKEN_URL
+    origin = f"{parts.scheme}://{parts.netloc}"
+    authorize, token = (origin + p for p in _OAUTH_PATHS)
+    return authorize, token

@@ -60,3 +60,14 @@ def api_calls(sim, method: str | None = None, contains: str = "") -> list:
     """The simulator's logged /2.0 requests, filtered."""
     return [r for r in sim.request_log
             if (method is None or r.method == method) and contains in r.path]
+
+
+def connection_at(api_url: str, name: str = "acme", **spec) -> None:
+    """Make connection `name` (acme/widgets) and point it at `api_url`: a test host over plain
+    http, which `--api-url`'s check would refuse, so it is written past the check."""
+    from worker import connections
+    from worker.db.session import transaction
+    with transaction() as session:
+        conn, _ = connections.upsert(session, connections.ConnectionSpec(
+            name=name, repos=("acme/widgets",), webhook_secrets=("s3cret",), **spec))
+        conn.api_url = api_url

@@ -4,7 +4,7 @@ The webhooks bbsync registers itself: connection_hooks, the connection's public 
 and per secret where it came from and when a rotated-out one stops being accepted.
 
 Revision ID: 5e1f0c2a7b31
-Revises: 0a9ba0a54f86
+Revises: e3b1c7d94a20
 Create Date: 2026-12-07 01:50:00
 """
 from alembic import op
@@ -13,7 +13,7 @@ import worker.db.models
 
 
 revision = '5e1f0c2a7b31'
-down_revision = '0a9ba0a54f86'
+down_revision = 'e3b1c7d94a20'
 branch_labels = None
 depends_on = None
 
