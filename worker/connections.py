@@ -172,6 +172,7 @@ def summary(session: Session, conn: Connection) -> dict[str, Any]:
         "push_internal_notes": conn.push_internal_notes,
         "policies": conn.policies or {},
         "tracker_removed_at": conn.tracker_removed_at.isoformat() if conn.tracker_removed_at else None,
+        "paused_at": conn.paused_at.isoformat() if conn.paused_at else None,
     }
 
 
@@ -194,6 +195,45 @@ def details(session: Session, conn: Connection) -> dict[str, Any]:
     return {**summary(session, conn), "credential_kind": credential.kind if credential else None,
             "mapping_override": conn.mapping_override or {}, "created_at": conn.created_at.isoformat(),
             "updated_at": conn.updated_at.isoformat(), "api_tokens": list(scoped), "hooks": hooks}
+
+
+def set_paused(session: Session, name: str, pause: bool) -> Connection | None:
+    """Pause or resume connection `name` (None: no such connection). A new revision, so that
+    every worker sees it with its next event."""
+    conn = get(session, name)
+    if conn is not None:
+        conn.paused_at = (conn.paused_at or utcnow()) if pause else None
+        conn.updated_at = utcnow()
+    return conn
+
+
+def delete(session: Session, conn: Connection) -> dict[str, int]:
+    """Delete a connection and everything of it: its deliveries, links, ledger, outbox,
+    conflicts, escalations, hooks' rows (by cascade), its built-in helpdesk tickets and its
+    credential. Returns what was counted before."""
+    from sqlalchemy import String, cast, delete as delete_rows, func, or_
+
+    from worker.db.helpdesk import Ticket
+    from worker.db.models import Delivery, LedgerEntry, Link
+    counts = {name: session.scalar(select(func.count()).select_from(model).where(model.connection_id == conn.id))
+              for name, model in (("deliveries", Delivery), ("links", Link), ("ledger", LedgerEntry))}
+    synced = select(Link.target_id).where(Link.connection_id == conn.id) if conn.target == "local" else None
+    theirs = or_(Ticket.connection_id == conn.id, *([cast(Ticket.id, String).in_(synced)] if synced is not None else []))
+    counts["tickets"] = session.execute(delete_rows(Ticket).where(theirs)).rowcount
+    credential_id = conn.credential_id
+    session.delete(conn)
+    session.flush()
+    if credential_id is not None:
+        session.execute(delete_rows(Credential).where(Credential.id == credential_id))
+    return counts
+
+
+def paused(session: Session, *, link_id: int | None = None, escalation_id: int | None = None) -> bool:
+    """Whether the connection of a link or an escalation is paused (its work then waits)."""
+    from worker.db.models import Escalation, Link
+    owner = Link if link_id is not None else Escalation
+    return bool(session.scalar(select(Connection.paused_at.is_not(None)).join(
+        owner, owner.connection_id == Connection.id).where(owner.id == (link_id or escalation_id))))
 
 
 def list_all(session: Session) -> list[Connection]:

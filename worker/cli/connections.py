@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from datetime import timedelta
 
 import click
 
@@ -83,7 +84,8 @@ def connection_list(as_json: bool) -> None:
     if not rows:
         click.echo("no connections")
     for r in rows:
-        status = "ISSUE TRACKER REMOVED (410) since " + r["tracker_removed_at"] if r["tracker_removed_at"] else "ok"
+        status = ("ISSUE TRACKER REMOVED (410) since " + r["tracker_removed_at"] if r["tracker_removed_at"]
+                  else "PAUSED since " + r["paused_at"] if r["paused_at"] else "ok")
         budget = f"{r['api_calls_last_hour']}/{r['api_budget_per_hour']} calls this hour" if r["credential"] else "no credential"
         click.echo(f"{r['name']:<16} {status:<10} target={r['target']} secrets={r['webhook_secrets']} "
                    f"{budget}  repos={', '.join(r['repos'])}")
@@ -103,3 +105,64 @@ def connection_show(name: str) -> None:
         if conn is None:
             fail(f"no connection named {name!r}")
         click.echo(json.dumps(connections.details(session, conn), indent=2))
+
+
+@connection.command("pause")
+@click.argument("name")
+def connection_pause(name: str) -> None:
+    """Stop processing and pushing for NAME: its deliveries are still verified, stored and
+    acknowledged, and wait."""
+    from worker import connections
+    from worker.db.session import transaction
+
+    with transaction() as session:
+        if connections.set_paused(session, name, True) is None:
+            fail(f"no connection named {name!r}")
+    click.echo(f"connection {name} paused: deliveries are stored and wait; nothing is processed or pushed")
+
+
+@connection.command("resume")
+@click.argument("name")
+def connection_resume(name: str) -> None:
+    """Resume NAME: what waited is queued again, oldest first."""
+    from worker import connections
+    from worker.db.session import transaction
+    from worker.queue.tasks import requeue_pending
+
+    with transaction() as session:
+        conn = connections.set_paused(session, name, False)
+        if conn is None:
+            fail(f"no connection named {name!r}")
+        connection_id = conn.id
+    queued = requeue_pending(timedelta(0), connection_id)
+    click.echo(f"connection {name} resumed: {queued} waiting job(s) queued")
+
+
+@connection.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Really: its hooks, deliveries, links, ledger, tickets go.")
+def connection_remove(name: str, yes: bool) -> None:
+    """Remove NAME: first its webhooks from Bitbucket (the ones bbsync made), then all its data
+    here (deliveries, links, ledger, outbox, conflicts, its helpdesk tickets, its credential)."""
+    from worker import connections
+    from worker.bitbucket.errors import BitbucketError
+    from worker.db.session import transaction
+    from worker.sync import hooks
+
+    if not yes:
+        fail(f"this deletes connection {name!r} and all its data; run again with --yes")
+    with transaction() as session:
+        if connections.get(session, name) is None:
+            fail(f"no connection named {name!r}")
+    try:
+        results = hooks.remove(name)
+    except BitbucketError as exc:
+        fail(f"its webhooks could not be removed, so nothing was: {exc}")
+    failed = [r.error for r in results if r.error]
+    if failed:
+        fail("its webhooks could not all be removed, so its data was kept: " + "; ".join(failed))
+    with transaction() as session:
+        counts = connections.delete(session, connections.get(session, name))
+    removed = sum(len(r.actions) for r in results)
+    click.echo(f"connection {name} removed: {removed} webhook(s) deleted at Bitbucket, "
+               + ", ".join(f"{n} {what}" for what, n in counts.items()))

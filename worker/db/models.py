@@ -61,6 +61,9 @@ class Connection(Base):
     # Where Bitbucket reaches this deployment, once `bbsync hooks register` made the hooks
     # (worker.db.hooks); beat repairs them while it is set.
     hooks_public_url: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Paused (bbsync connection pause): deliveries are still verified, stored and acknowledged;
+    # nothing is processed or pushed until resumed.
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 

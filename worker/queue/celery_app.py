@@ -58,7 +58,7 @@ def celery_config(settings: Settings) -> dict:
     }
 
 
-app = Celery("bbsync", include=["worker.queue.tasks"])
+app = Celery("bbsync", include=["worker.queue.tasks", "worker.queue.beat"])
 
 
 #: The periodic jobs run by the Procfile's `beat:` process (exactly one beat per deployment).

@@ -13,10 +13,11 @@ from config.settings import get_settings
 from worker.queue import task_names
 from worker.queue.celery_app import app, max_task_delay
 from worker.bitbucket import errors as bitbucket_errors
-from worker.db.models import Delivery, utcnow
+from worker import connections
+from worker.db.models import Connection, Delivery, utcnow
 from worker.db.session import transaction
 from worker.engine.states import DeliveryStatus
-from worker.sync import claims, deliveries, forward, hooks, outbox, push, retention
+from worker.sync import claims, deliveries, forward, outbox, push
 from worker.sync import escalate as escalation
 from worker.targets import side
 
@@ -45,6 +46,10 @@ def _run_delivery(delivery_id: str, started: deliveries.Taken | None = None) -> 
     if started is None:
         with transaction() as session:
             started = deliveries.start_run(session, delivery_id)
+    if started is not None and started.paused:
+        # Stays `received`, uncounted: `bbsync connection resume` queues it again, in order.
+        log.info("sync.delivery_paused delivery=%s", delivery_id)
+        return "paused"
     if started is None or started.status != DeliveryStatus.RECEIVED:
         # A redelivery, a sweeper's second enqueue, or an operator's re-run: no second effect.
         log.info("sync.delivery_skipped delivery=%s status=%s", delivery_id,
@@ -124,8 +129,8 @@ def _run_together(delivery_ids: list[str], started: dict[str, deliveries.Taken])
     """Apply a message's deliveries in one transaction; None (rolled back, nothing changed) if
     any of them raised, or was not a plain apply (held, failed), for the caller to take them
     one by one."""
-    outcomes = {i: "skipped" for i in delivery_ids
-                if i not in started or started[i].status != DeliveryStatus.RECEIVED}
+    outcomes = {i: "paused" if i in started and started[i].paused else "skipped" for i in delivery_ids
+                if i not in started or started[i].status != DeliveryStatus.RECEIVED or started[i].paused}
     runnable = [started[i] for i in delivery_ids if i not in outcomes]
     if any(t.behind is not None for t in runnable):
         return None
@@ -211,21 +216,29 @@ def enqueue_delivery(delivery_id: str) -> bool:
     return enqueue("process_delivery", delivery_id)
 
 
-def requeue_pending(older_than: timedelta = REQUEUE_AFTER) -> int:
+def requeue_pending(older_than: timedelta = REQUEUE_AFTER, connection_id: int | None = None) -> int:
     """Enqueue every stored delivery, outbox push and escalation still waiting after
-    `older_than`, and the pushes a dead process of this host was making (its claims are given
-    back). Safe to repeat: a task finds finished work done, or held by another, and does
-    nothing."""
+    `older_than` (of one connection, or of every one not paused), and the pushes a dead
+    process of this host was making (its claims are given back). Safe to repeat: a task finds
+    finished work done, or held by another, and does nothing."""
     cutoff = utcnow() - older_than
     with transaction() as session:
         released = outbox.release_dead_claims(session)
     if released:
         log.info("sync.claims_released links=%s", released)
     with transaction() as session:
-        ids = list(session.scalars(select(Delivery.id).where(
-            Delivery.status == DeliveryStatus.RECEIVED, Delivery.received_at <= cutoff).order_by(Delivery.received_at)))
-        links = sorted(set(outbox.waiting_links(session, cutoff)) | set(released))
-        escalations = escalation.waiting(session, cutoff)
+        paused = set(session.scalars(select(Connection.id).where(Connection.paused_at.is_not(None))))
+        query = select(Delivery.id).where(Delivery.status == DeliveryStatus.RECEIVED, Delivery.received_at <= cutoff)
+        if connection_id is not None:
+            query = query.where(Delivery.connection_id == connection_id)
+        elif paused:
+            query = query.where(Delivery.connection_id.not_in(paused))
+        ids = list(session.scalars(query.order_by(Delivery.received_at)))
+        links = sorted(set(outbox.waiting_links(session, cutoff, connection_id)) | set(released))
+        escalations = escalation.waiting(session, cutoff, connection_id)
+        if connection_id is None and paused:  # theirs wait for `bbsync connection resume`
+            links = [i for i in links if not connections.paused(session, link_id=i)]
+            escalations = [i for i in escalations if not connections.paused(session, escalation_id=i)]
     return (sum(enqueue_delivery(i) for i in ids) + sum(enqueue("push_link", i) for i in links)
             + sum(enqueue("escalate", i) for i in escalations))
 
@@ -235,10 +248,10 @@ def reconcile_all(comments: str = "none") -> dict:
     """The periodic job (the Procfile's beat): poll each connection for what webhooks missed,
     and feed it to the same engine. One call per repository, plus one per 100 changed issues,
     plus, in the comment passes (`comments`, see worker.sync.reconcile), one per issue listed."""
-    from worker.db.models import Connection
     from worker.sync.reconcile import reconcile_connection
     with transaction() as session:
-        ids = list(session.scalars(select(Connection.id).where(Connection.tracker_removed_at.is_(None))))
+        ids = list(session.scalars(select(Connection.id).where(Connection.tracker_removed_at.is_(None),
+                                                               Connection.paused_at.is_(None))))
     summary = {}
     for connection_id in ids:
         try:
@@ -251,33 +264,6 @@ def reconcile_all(comments: str = "none") -> dict:
         for link_id in report.stuck_links:
             enqueue("push_link", link_id)
         summary[report.connection] = {"api_calls": report.api_calls, "issues_seen": report.issues_seen}
-    return summary
-
-
-@app.task(name="bbsync.prune_deliveries")
-def prune_deliveries() -> int:
-    """The beat's retention job: bodies of deliveries done with, past the retention period."""
-    days = get_settings().delivery_retention_days
-    pruned = retention.prune_bodies(utcnow() - timedelta(days=days))
-    if pruned:
-        log.info("deliveries.pruned count=%d older_than_days=%d", pruned, days)
-    return pruned
-
-
-@app.task(name="bbsync.maintain_hooks")
-def maintain_hooks() -> dict:
-    """The beat's hook job: retire rotated-out secrets whose overlap ended, and repair the hooks
-    of every connection that registered them (each write and failure is a ledger entry)."""
-    summary = {"retired": hooks.retire_expired(), "repaired": 0, "failed": 0}
-    for name in hooks.registered():
-        try:
-            results = hooks.register(name)
-        except Exception as exc:  # one connection's trouble must not stop the others'
-            log.warning("hooks.repair_failed connection=%s error=%s", name, type(exc).__name__)
-            summary["failed"] += 1
-            continue
-        summary["repaired"] += sum(1 for r in results if r.actions)
-        summary["failed"] += sum(1 for r in results if r.error)
     return summary
 
 

@@ -86,6 +86,7 @@ class Taken(NamedTuple):
     connection_revision: object
     behind: str | None      # an earlier failed (or held) delivery of the issue
     holding: bool           # held deliveries of the issue exist: finishing may release them
+    paused: bool = False    # its connection is paused: not processed (and no run counted)
 
 
 class AlreadyFinished(Exception):
@@ -106,14 +107,19 @@ def _columns() -> tuple:
     revision = (select(ConnectionRow.updated_at).where(ConnectionRow.id == Delivery.connection_id)
                 .correlate(Delivery).scalar_subquery())
     return (Delivery.id, Delivery.connection_id, Delivery.event_key, Delivery.body, Delivery.issue_key,
-            Delivery.status, Delivery.runs, revision, behind, holding)
+            Delivery.status, Delivery.runs, revision, behind, holding, _paused())
+
+
+def _paused():
+    return exists().where(ConnectionRow.id == Delivery.connection_id,
+                          ConnectionRow.paused_at.is_not(None)).correlate(Delivery)
 
 
 @lru_cache(maxsize=1)
 def _start_statement():
     table = Delivery.__table__
     return (table.update().where(table.c.id.in_(bindparam("ids", expanding=True)),
-                                 table.c.status == DeliveryStatus.RECEIVED)
+                                 table.c.status == DeliveryStatus.RECEIVED, ~_paused())
             .values(runs=table.c.runs + 1).returning(*_columns()))
 
 
@@ -138,9 +144,9 @@ def start_runs(session: Session, delivery_ids: list[str]) -> dict[str, Taken]:
     """start_run for several deliveries (a message's), in one statement and so one commit;
     deliveries not found are left out."""
     rows = session.connection().execute(_start_statement(), {"ids": list(delivery_ids)}).all()
-    taken = {row[0]: Taken(*row[:9], bool(row[9])) for row in rows}
+    taken = {row[0]: _taken(row) for row in rows}
     for delivery_id in delivery_ids:
-        if delivery_id not in taken:  # not waiting (done, failed, held) or not there
+        if delivery_id not in taken:  # not waiting (done, failed, held), paused or not there
             found = read(session, delivery_id)
             if found is not None:
                 taken[delivery_id] = found
@@ -148,7 +154,7 @@ def start_runs(session: Session, delivery_ids: list[str]) -> dict[str, Taken]:
     # message, and so is each one behind it, which never got its turn: only the first over
     # the limit is the one that keeps not finishing.
     over = next((i for i in delivery_ids if i in taken and taken[i].status == DeliveryStatus.RECEIVED
-                 and taken[i].runs > MAX_RUNS), None)
+                 and not taken[i].paused and taken[i].runs > MAX_RUNS), None)
     if over is not None:
         fail(session, session.get(Delivery, over),
              f"dead-lettered: processing started {taken[over].runs - 1} times without finishing "
@@ -160,7 +166,11 @@ def start_runs(session: Session, delivery_ids: list[str]) -> dict[str, Taken]:
 def read(session: Session, delivery_id: str) -> Taken | None:
     """What start_run reads, without counting a run (for callers that counted it already)."""
     row = session.execute(select(*_columns()).where(Delivery.id == delivery_id)).first()
-    return None if row is None else Taken(*row[:9], bool(row[9]))
+    return None if row is None else _taken(row)
+
+
+def _taken(row) -> Taken:
+    return Taken(*row[:9], bool(row[9]), bool(row[10]))
 
 
 def finish(session: Session, delivery_id: str, status: str, error: str | None) -> None:

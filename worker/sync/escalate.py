@@ -58,7 +58,11 @@ def run_escalation(escalation_id: int, client_factory=client_for) -> Result | No
     """Run one escalation to its end: the issue, its attachments, the ticket's link. Returns
     the ticket's issue (`created=False` if it was done before), or None when there is nothing
     to run (the row is gone, or failed: whoever asked must ask again). Raises `claims.Held`
-    when another attempt holds it, and whatever the remote work raised (after recording it)."""
+    when another attempt holds it, and whatever the remote work raised (after recording it).
+    While its connection is paused it waits (None), and resuming queues it."""
+    with transaction() as session:
+        if connections.paused(session, escalation_id=escalation_id):
+            return None
     claimed = _claim(escalation_id)
     if not isinstance(claimed, _Claimed):
         return claimed
@@ -101,11 +105,14 @@ def give_up(escalation_id: int, reason: str) -> bool:
         return True
 
 
-def waiting(session: Session, cutoff: datetime) -> list[int]:
+def waiting(session: Session, cutoff: datetime, connection_id: int | None = None) -> list[int]:
     """Escalations still to run that nobody holds, untouched since `cutoff`: their task was
     never queued (a broker outage), or was lost, or ended without finishing them."""
-    rows = session.execute(select(Escalation.id, Escalation.claimed_until, Escalation.claimed_by).where(
-        Escalation.state == EscalationState.CREATING, Escalation.updated_at <= cutoff).order_by(Escalation.id))
+    query = select(Escalation.id, Escalation.claimed_until, Escalation.claimed_by).where(
+        Escalation.state == EscalationState.CREATING, Escalation.updated_at <= cutoff)
+    if connection_id is not None:
+        query = query.where(Escalation.connection_id == connection_id)
+    rows = session.execute(query.order_by(Escalation.id))
     return [row.id for row in rows
             if not claims.is_live(row.claimed_until) or claims.holder_gone(row.claimed_by)]
 

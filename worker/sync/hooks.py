@@ -225,7 +225,11 @@ def remove(name: str, *, client_factory: ClientFactory = client_for) -> list[Rep
 
     def drop(client, repo: str, result: RepoResult) -> None:
         known, _ = _recorded(plan, repo)
-        for hook in client.iter_hooks(repo):
+        try:
+            listed = list(client.iter_hooks(repo))
+        except NotFound:  # the repository is gone, and its hooks with it
+            listed = []
+        for hook in listed:
             if (known and hook_uuid(hook) == known) or hook.get("description") == plan.want.description:
                 _delete(client, repo, hook_uuid(hook))
                 result.actions.append(f"removed hook {hook_uuid(hook)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from worker import connections
 from worker.bitbucket.errors import RETRYABLE as REMOTE_RETRYABLE
 from worker.bitbucket.errors import BitbucketError, TrackerRemoved
 from worker.db.session import transaction
@@ -20,7 +21,11 @@ log = logging.getLogger("bbsync.sync")
 
 def push_link(link_id: int, client_factory=client_for) -> str:
     """Write a link's outbox: first to a remote target side (a new item must exist before
-    Bitbucket can be told of it), then to Bitbucket."""
+    Bitbucket can be told of it), then to Bitbucket. Nothing while the link's connection is
+    paused: its outbox waits, and resuming queues it."""
+    with transaction() as session:
+        if connections.paused(session, link_id=link_id):
+            return "paused"
     done: list[str] = push_target.push(link_id)
     while True:
         with transaction() as session:

@@ -12,7 +12,7 @@ from worker import connections
 from worker.cli import main
 from worker.db.models import Delivery, LedgerEntry, utcnow
 from worker.db.session import transaction
-from worker.queue import celery_app, tasks
+from worker.queue import beat, celery_app
 from worker.sync import retention
 
 
@@ -45,14 +45,14 @@ def test_only_bodies_of_deliveries_done_with_past_the_period_are_emptied(stored)
     assert len(bodies) == 7  # every row stays, and every ledger entry
     with transaction() as session:
         assert session.scalar(select(func.count()).select_from(LedgerEntry)) == 7
-    assert tasks.prune_deliveries() == 0  # a second run has nothing to do
+    assert beat.prune_deliveries() == 0  # a second run has nothing to do
 
 
 def test_the_period_is_a_setting_and_the_command_says_what_it_did(stored, monkeypatch):
     from config.settings import get_settings
     monkeypatch.setenv("BBSYNC_DELIVERY_RETENTION_DAYS", "40")
     get_settings.cache_clear()
-    assert tasks.prune_deliveries() == 0
+    assert beat.prune_deliveries() == 0
     result = CliRunner().invoke(main, ["deliveries", "prune", "--days", "1"])
     assert result.exit_code == 0 and "pruned the bodies of 3 delivery(ies)" in result.output
     for bad in (["--days", "0"], ["--days", "-3"], ["--days", "x"]):
@@ -62,4 +62,4 @@ def test_the_period_is_a_setting_and_the_command_says_what_it_did(stored, monkey
 
 
 def test_the_beat_runs_it():
-    assert celery_app.BEAT_SCHEDULE["prune-deliveries"]["task"] == tasks.prune_deliveries.name
+    assert celery_app.BEAT_SCHEDULE["prune-deliveries"]["task"] == beat.prune_deliveries.name
