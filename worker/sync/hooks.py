@@ -76,6 +76,13 @@ def _load(name: str, public_url: str | None = None, *, need_secret: bool = False
                      crypto.decrypt(current.ciphertext) if current and need_secret else None)
 
 
+def _registered(plan: _Plan) -> _Plan:
+    if plan.want is None:
+        raise HooksError(f"connection {plan.name!r} has no registered hooks: "
+                         f"bbsync hooks register {plan.name} --public-url URL")
+    return plan
+
+
 def _current_secret(conn: Connection) -> WebhookSecret | None:
     mine = [s for s in conn.secrets if s.origin == "hooks" and s.active and s.retire_at is None]
     return max(mine, key=lambda s: s.id, default=None)
@@ -123,7 +130,9 @@ def _assess(client, plan: _Plan, repo: str) -> HookState:
                   secret_current=secret_id is not None and secret_id == plan.secret_id)
 
 
-def _each_repo(plan: _Plan, client, work) -> list[RepoResult]:
+def _each_repo(plan: _Plan, client, work, *, writes: bool = True) -> list[RepoResult]:
+    """work(client, repo, result) for each repository; a Bitbucket failure is the repository's
+    error (and, for work that writes, a ledger entry with what was done before it)."""
     results = []
     for repo in plan.repos:
         result = RepoResult(repo)
@@ -131,8 +140,9 @@ def _each_repo(plan: _Plan, client, work) -> list[RepoResult]:
             work(client, repo, result)
         except BitbucketError as exc:
             result.error = f"{repo}: {_explain(exc)}"
-            _record(plan, repo, Outcome.FAILED, f"{'; '.join(result.actions) + '; ' if result.actions else ''}"
-                                                f"failed: {_explain(exc)}")
+            if writes:
+                done = "; ".join(result.actions) + "; " if result.actions else ""
+                _record(plan, repo, Outcome.FAILED, f"{done}failed: {_explain(exc)}")
         results.append(result)
     return results
 
@@ -150,10 +160,7 @@ def register(name: str, public_url: str | None = None, *,
              client_factory: ClientFactory = client_for) -> list[RepoResult]:
     """Make each repository of `name` have exactly one hook of ours, as wanted. With no
     `public_url`, the one given before (repair)."""
-    plan = _load(name, public_url, need_secret=True)
-    if plan.want is None:
-        raise HooksError(f"connection {name!r} has no registered hooks: "
-                         f"bbsync hooks register {name} --public-url URL")
+    plan = _registered(_load(name, public_url, need_secret=True))
 
     def ensure(client, repo: str, result: RepoResult) -> None:
         state = _assess(client, plan, repo)
@@ -201,20 +208,12 @@ def _delete(client, repo: str, uid: str) -> None:
 
 def inspect(name: str, *, client_factory: ClientFactory = client_for) -> list[RepoResult]:
     """Each repository's hook state, read from Bitbucket; writes nothing."""
-    plan = _load(name)
-    if plan.want is None:
-        raise HooksError(f"connection {name!r} has no registered hooks: "
-                         f"bbsync hooks register {name} --public-url URL")
-    client = client_factory(plan.connection_id)
-    results = []
-    for repo in plan.repos:
-        result = RepoResult(repo)
-        try:
-            result.state = _assess(client, plan, repo)
-        except BitbucketError as exc:
-            result.error = f"{repo}: {_explain(exc)}"
-        results.append(result)
-    return results
+    plan = _registered(_load(name))
+
+    def look(client, repo: str, result: RepoResult) -> None:
+        result.state = _assess(client, plan, repo)
+
+    return _each_repo(plan, client_factory(plan.connection_id), look, writes=False)
 
 
 def remove(name: str, *, client_factory: ClientFactory = client_for) -> list[RepoResult]:
