@@ -45,7 +45,8 @@ def test_connection_made_hooked_paused_resumed_and_removed_through_the_api(runni
         drifted = web.get(f"/connections/{conn}/hooks").json()
         assert drifted["ok"] is False and drifted["repos"][0]["state"] == "drifted: inactive"
         assert web.post(f"/connections/{conn}/hooks/repair").json()["ok"] is True
-        assert web.get(f"/connections/{conn}/hooks").json()["ok"] is True and _ours(api, repo, conn)[0]["active"] is True
+        assert web.get(f"/connections/{conn}/hooks").json()["ok"] is True
+        assert _ours(api, repo, conn)[0]["active"] is True
 
         assert web.patch(f"/connections/{conn}", json={"paused": True}).json()["paused_at"] is not None
         api.post(f"/repositories/{repo}/issues", json={"title": f"Held {conn}", "kind": "bug"}).raise_for_status()

@@ -69,7 +69,8 @@ def test_register_list_drift_repair_rotate_remove(h):
         assert_no_secret(h, response)
 
     removed = h.web.delete(HOOKS)
-    assert removed.status_code == 200 and removed.json["repos"][0]["actions"] == [f"removed hook {hook['uuid'].strip('{}')}"]
+    assert removed.status_code == 200
+    assert removed.json["repos"][0]["actions"] == [f"removed hook {hook['uuid'].strip('{}')}"]
     assert ours(h) == [] and generated_secrets() == []
     assert h.web.get(HOOKS).status_code == 409
 
