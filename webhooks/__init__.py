@@ -1,5 +1,5 @@
-"""The Flask app: the webhook receiver, the local helpdesk API, the operator pages and the OAuth
-connect pages."""
+"""The Flask app: the webhook receiver, the local helpdesk API, the operator pages, the admin's
+connections and hooks API and the OAuth connect pages."""
 from __future__ import annotations
 
 import logging
@@ -60,12 +60,14 @@ def create_app(settings: Settings | None = None,
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
-    from webhooks import auth, oauth, operator, receiver, tickets
+    from webhooks import auth, connections_api, hooks_api, oauth, operator, receiver, tickets
     auth.install(app)
     app.register_blueprint(receiver.bp)
     app.register_blueprint(tickets.bp)
     app.register_blueprint(operator.bp)
     app.register_blueprint(oauth.bp)
+    app.register_blueprint(connections_api.bp)
+    app.register_blueprint(hooks_api.bp)
 
     @app.get("/healthz")
     def healthz():

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 
-from flask import Flask, current_app, g, jsonify, request
+from flask import Blueprint, Flask, current_app, g, jsonify, request
 
 from webhooks.http import sessions
 from worker import tokens
@@ -100,3 +100,13 @@ def _refused(meter: FailureMeter, address: str, exc: tokens.Rejected):
 
 def principal() -> tokens.Principal:
     return g.principal
+
+
+def admins_only(bp: Blueprint) -> None:
+    """Every request to `bp` needs an admin token: any other is refused, saying nothing of
+    what exists (runs after `install`'s check, which answers 401 first)."""
+    @bp.before_request
+    def _admin():
+        if not principal().admin:
+            return jsonify({"error": "an admin token is required"}), 403
+        return None

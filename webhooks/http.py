@@ -27,6 +27,14 @@ def enqueue(task: str, arg: str | int) -> None:
     current_app.extensions["bbsync"].dispatcher.enqueue(task, arg)
 
 
+def bitbucket_clients():
+    """How an admin request reaches Bitbucket: each connection's own client
+    (worker.sync.clients, imported only when one is needed), or a test's, put in as the app's
+    `extensions["bbsync_bitbucket"]`. Only the admin's hook operations call Bitbucket."""
+    from worker.sync.clients import client_for
+    return current_app.extensions.get("bbsync_bitbucket", client_for)
+
+
 def positive_int(raw: str | None, name: str) -> int | None:
     if raw is None:
         return None

@@ -13,11 +13,10 @@ from config.settings import get_settings
 from worker.queue import task_names
 from worker.queue.celery_app import app, max_task_delay
 from worker.bitbucket import errors as bitbucket_errors
-from worker import connections
 from worker.db.models import Connection, Delivery, utcnow
 from worker.db.session import transaction
 from worker.engine.states import DeliveryStatus
-from worker.sync import claims, deliveries, forward, outbox, push
+from worker.sync import claims, deliveries, forward, outbox, push, waiting
 from worker.sync import escalate as escalation
 from worker.targets import side
 
@@ -227,20 +226,8 @@ def requeue_pending(older_than: timedelta = REQUEUE_AFTER, connection_id: int | 
     if released:
         log.info("sync.claims_released links=%s", released)
     with transaction() as session:
-        paused = set(session.scalars(select(Connection.id).where(Connection.paused_at.is_not(None))))
-        query = select(Delivery.id).where(Delivery.status == DeliveryStatus.RECEIVED, Delivery.received_at <= cutoff)
-        if connection_id is not None:
-            query = query.where(Delivery.connection_id == connection_id)
-        elif paused:
-            query = query.where(Delivery.connection_id.not_in(paused))
-        ids = list(session.scalars(query.order_by(Delivery.received_at)))
-        links = sorted(set(outbox.waiting_links(session, cutoff, connection_id)) | set(released))
-        escalations = escalation.waiting(session, cutoff, connection_id)
-        if connection_id is None and paused:  # theirs wait for `bbsync connection resume`
-            links = [i for i in links if not connections.paused(session, link_id=i)]
-            escalations = [i for i in escalations if not connections.paused(session, escalation_id=i)]
-    return (sum(enqueue_delivery(i) for i in ids) + sum(enqueue("push_link", i) for i in links)
-            + sum(enqueue("escalate", i) for i in escalations))
+        found = waiting.find(session, cutoff, connection_id, released)
+    return sum(enqueue(task, arg) for task, arg in found.jobs())
 
 
 @app.task(name="bbsync.reconcile_all")

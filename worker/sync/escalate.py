@@ -105,18 +105,6 @@ def give_up(escalation_id: int, reason: str) -> bool:
         return True
 
 
-def waiting(session: Session, cutoff: datetime, connection_id: int | None = None) -> list[int]:
-    """Escalations still to run that nobody holds, untouched since `cutoff`: their task was
-    never queued (a broker outage), or was lost, or ended without finishing them."""
-    query = select(Escalation.id, Escalation.claimed_until, Escalation.claimed_by).where(
-        Escalation.state == EscalationState.CREATING, Escalation.updated_at <= cutoff)
-    if connection_id is not None:
-        query = query.where(Escalation.connection_id == connection_id)
-    rows = session.execute(query.order_by(Escalation.id))
-    return [row.id for row in rows
-            if not claims.is_live(row.claimed_until) or claims.holder_gone(row.claimed_by)]
-
-
 def escalate_in_process(req: Request, client_factory=client_for, wait_seconds: float = 30.0) -> Result:
     """Ask and run at once, in this process (`bbsync escalate`: a command line is not a web
     request). While another attempt (a worker) holds the escalation, wait for its result, up

@@ -15,7 +15,7 @@ from worker.bitbucket.errors import ServerError
 from worker.db.models import Escalation, Link, utcnow
 from worker.db.session import transaction
 from worker.engine.states import EscalationState
-from worker.sync import claims, escalate, escalation_request
+from worker.sync import claims, escalate, escalation_request, waiting
 
 
 def _ticket(h, title: str = "Checkout 500s") -> dict:
@@ -307,14 +307,14 @@ def test_an_escalation_held_by_a_process_that_died_is_taken_over_at_once_and_a_l
     live_until = utcnow() + timedelta(minutes=5)
     with transaction() as session:  # a worker of this host holds it ...
         session.execute(update(Escalation).values(claimed_until=live_until, claimed_by=claims.holder()))
-        assert escalate.waiting(session, utcnow()) == []
+        assert waiting.escalations(session, utcnow()) == []
     with pytest.raises(claims.Held):
         escalate.run_escalation(queued.escalation_id, client_factory=h.client_factory)
     assert _issues(h) == []
     dead = f"{socket.gethostname()}:{2 ** 30}:4242"  # no such process: killed mid-run
     with transaction() as session:  # ... and is killed: no 10-minute wait for its claim to lapse
         session.execute(update(Escalation).values(claimed_until=live_until, claimed_by=dead))
-        assert escalate.waiting(session, utcnow()) == [queued.escalation_id]
+        assert waiting.escalations(session, utcnow()) == [queued.escalation_id]
     result = escalate.run_escalation(queued.escalation_id, client_factory=h.client_factory)
     assert result.created and len(_issues(h)) == 1
     esc = _row()
