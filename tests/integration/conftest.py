@@ -117,6 +117,32 @@ class Running:
         with self.engine.connect() as c:
             return c.execute(text(sql), params).scalar()
 
+    def assert_nowhere_in_clear(self, secrets: list[str]) -> None:
+        """Not one of `secrets` in any log line of the stack's processes (web, worker,
+        commands) or anywhere in the database: every column of every row, text, JSON and
+        binary alike (what a dump of it would hold)."""
+        from sqlalchemy import inspect, select
+
+        from worker.db.schema import metadata
+        logs = "\n".join(p.read_text(errors="replace") for p in self.stack.log_dir.rglob("*.log"))
+        assert logs, "no logs were found to scan"
+        assert [s for s in secrets if s in logs] == []
+        needles = [(s, s.encode()) for s in secrets]
+        with self.engine.connect() as c:
+            present = set(inspect(c).get_table_names())
+            for table in metadata.sorted_tables:
+                if table.name not in present:
+                    continue
+                for row in c.execute(select(*table.columns)):
+                    for value in row:
+                        if value is None:
+                            continue
+                        if isinstance(value, (bytes, memoryview)):
+                            found = [s for s, raw in needles if raw in bytes(value)]
+                        else:
+                            found = [s for s, _ in needles if s in str(value)]
+                        assert found == [], table.name
+
     def wait_processed(self, delivery_id: str, timeout: float = 30.0) -> str:
         """Wait until the worker has finished a delivery; returns its final status."""
         deadline = time.monotonic() + timeout
