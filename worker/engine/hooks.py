@@ -57,7 +57,8 @@ class HookState:
 def assess(repo: str, hooks: Iterable[Mapping], want: WantedHook, known_uuid: str | None,
            secret_current: bool) -> HookState:
     """How `repo`'s hooks (as listed) stand against `want`. `known_uuid` is the hook we
-    recorded; `secret_current` whether we recorded giving it the connection's current secret."""
+    recorded; `secret_current` whether we recorded giving that hook the connection's current
+    secret (a hook of ours we did not record, e.g. after a crash, gets it again)."""
     ours = [h for h in hooks if (known_uuid and hook_uuid(h) == known_uuid)
             or h.get("description") == want.description]
     if not ours:
@@ -79,6 +80,8 @@ def assess(repo: str, hooks: Iterable[Mapping], want: WantedHook, known_uuid: st
         drift.append(f"description is {hook.get('description')!r}")
     if not hook.get("secret_set"):
         drift.append("no secret")
+    elif hook_uuid(hook) != known_uuid:   # ours by its description: its secret is not known
+        drift.append("secret not known to be ours")
     elif not secret_current:
         drift.append("signs with a rotated-out secret")
     if duplicates:

@@ -15,7 +15,7 @@ import secrets as random
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from config import outbound
 from worker import connections, crypto
@@ -181,22 +181,9 @@ def register(name: str, public_url: str | None = None, *,
                 _delete(client, repo, hook_uuid(dup))
                 _record(plan, repo, Outcome.APPLIED, f"removed duplicate hook {hook_uuid(dup)}", hook=uid)
                 result.actions.append("removed duplicate")
-        else:
-            _record_quietly(plan, repo, hook_uuid(state.hook))
         result.state = _assess(client, plan, repo) if result.actions else state
 
     return _each_repo(plan, client_factory(plan.connection_id), ensure)
-
-
-def _record_quietly(plan: _Plan, repo: str, uid: str) -> None:
-    """A hook found as wanted whose row was lost (crash after a write): the row only."""
-    known, _ = _recorded(plan, repo)
-    if known != uid:
-        with transaction() as session:
-            session.execute(delete(ConnectionHook).where(
-                ConnectionHook.connection_id == plan.connection_id, ConnectionHook.repo == repo))
-            session.add(ConnectionHook(connection_id=plan.connection_id, repo=repo, hook_uuid=uid,
-                                       secret_id=plan.secret_id))
 
 
 def _delete(client, repo: str, uid: str) -> None:

@@ -55,3 +55,13 @@ def test_without_a_record_the_first_listed_is_kept():
     first = hook(uuid="{33333333-3333-4333-8333-333333333333}")
     assert hook_uuid(assess("a/b", [first, hook()], WANT, None, True).hook) == \
         "33333333-3333-4333-8333-333333333333"
+
+
+def test_a_hook_of_ours_we_did_not_record_is_given_our_secret_again():
+    """A crash between making a hook and recording it: found by its description, its secret
+    is not known to be ours, whatever the record says of another hook."""
+    unrecorded = hook(uuid="{44444444-4444-4444-8444-444444444444}")
+    assert assess("a/b", [unrecorded], WANT, UID, secret_current=True).state == \
+        "drifted: secret not known to be ours"
+    assert assess("a/b", [unrecorded], WANT, None, secret_current=False).state == \
+        "drifted: secret not known to be ours"

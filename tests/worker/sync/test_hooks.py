@@ -230,3 +230,16 @@ def test_remove_deletes_ours_only_and_forgets_the_secret(bb):
         assert session.scalars(select(ConnectionHook)).all() == []
     assert hooks.registered() == []
     assert hooks.remove("acme", client_factory=bb.factory) == []
+
+
+def test_a_hook_made_before_a_crash_and_never_recorded_is_adopted_and_given_our_secret(bb):
+    hooks.register("acme", PUBLIC, client_factory=bb.factory)
+    with transaction() as session:     # as if the process died after Bitbucket made the hook
+        session.query(ConnectionHook).delete()
+    [state] = hooks.inspect("acme", client_factory=bb.factory)
+    assert state.state.state == "drifted: secret not known to be ours"
+    [again] = hooks.register("acme", client_factory=bb.factory)
+    assert (again.actions, again.state.state) == (["repaired"], "ok")
+    assert len(ours(bb)) == 1
+    with transaction() as session:
+        assert session.scalars(select(ConnectionHook.hook_uuid)).one() == ours(bb)[0]["uuid"].strip("{}")
