@@ -208,3 +208,20 @@ def test_a_message_named_as_kombu_names_them_is_still_taken(tmp_path):
         legacy = tmp_path / "broker" / "queue" / f"1733500000000_{uuid.uuid4()}.{QUEUE}.msg"
         legacy.write_text(json.dumps({"n": "legacy"}))
         assert channel._get(QUEUE) == {"n": "legacy"}
+
+
+def test_a_message_handed_back_comes_again_marked_redelivered(tmp_path):
+    """Celery reads `redelivered` from the delivery_info: a task whose worker was lost must see
+    it there, or it would take the message for a first delivery again."""
+    from kombu import Exchange, Queue
+    conn, channel = _channel(tmp_path)
+    with conn:
+        queue = Queue(QUEUE, Exchange(QUEUE), QUEUE)
+        producer = conn.Producer(channel)
+        producer.publish({"task": "x"}, exchange=queue.exchange, routing_key=QUEUE, declare=[queue])
+        first = queue(channel).get(no_ack=False)
+        assert not first.delivery_info.get("redelivered")
+        first.reject(requeue=True)
+        again = queue(channel).get(no_ack=False)
+        assert again.payload == {"task": "x"} and again.delivery_info["redelivered"] is True
+        again.ack()

@@ -42,6 +42,13 @@ class Channel(filesystem.Channel):
         super().__init__(*args, **kwargs)
         self._listed: dict[str, deque] = {}
 
+    def _restore(self, message):
+        # A message handed back (its worker was lost) comes again marked redelivered where
+        # Celery reads it, in its delivery_info (kombu marks only the payload's top level):
+        # a task told "redelivered" counts its runs apart before working (worker.queue.tasks).
+        message.delivery_info["redelivered"] = True
+        super()._restore(message)
+
     def _put(self, queue, payload, **kwargs):
         # Consumers take files in name order: nanoseconds of the system-wide monotonic clock,
         # zero-padded so that the order of the names is the order of the puts (kombu's

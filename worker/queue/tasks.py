@@ -83,8 +83,8 @@ def process_delivery(self, delivery_id: str) -> str:
         raise
 
 
-@app.task(name=task_names.PROCESS_DELIVERIES)
-def process_deliveries(delivery_ids: list[str]) -> dict[str, str]:
+@app.task(bind=True, name=task_names.PROCESS_DELIVERIES)
+def process_deliveries(self, delivery_ids: list[str]) -> dict[str, str]:
     """Deliveries a web process stored together, in the order they arrived: one message for
     several is what lets the receiver answer fast (a message costs the web process more CPU
     than storing the delivery does). Their runs are counted in one statement, then they are
@@ -93,14 +93,25 @@ def process_deliveries(delivery_ids: list[str]) -> dict[str, str]:
     `process_delivery` would: one that must be retried goes on as a task of its own, one that
     fails is recorded, and the rest go on. Nothing is acknowledged before its commit. A
     redelivered batch (its worker died) finds its finished deliveries done; the sweeper queues
-    any it cannot reach soon."""
+    any it cannot reach soon.
+
+    A message the broker hands out for the first time has its runs counted in the transaction
+    that applies them (one commit, not two): if its worker dies in it, the count is lost with
+    the work, but the message comes again marked redelivered, and is then counted apart first,
+    so a delivery that kills its worker is still dead-lettered (one run later)."""
+    info = self.request.delivery_info or {}
+    tried = bool(info) and not info.get("redelivered")
+    if tried:
+        together = _run_together(delivery_ids)
+        if together is not None:
+            return together
     try:  # every run counted in one statement and one commit
         with transaction() as session:
             started = deliveries.start_runs(session, delivery_ids)
     except RETRYABLE as exc:  # e.g. a deadlock with a second copy of this message: one at a time
         log.info("sync.batch_start_retry error=%s", exc.__class__.__name__)
         started = None
-    if started is not None and len(delivery_ids) > 1:
+    if started is not None and len(delivery_ids) > 1 and not tried:
         together = _run_together(delivery_ids, started)
         if together is not None:
             return together
@@ -124,20 +135,26 @@ def process_deliveries(delivery_ids: list[str]) -> dict[str, str]:
     return outcomes
 
 
-def _run_together(delivery_ids: list[str], started: dict[str, deliveries.Taken]) -> dict[str, str] | None:
-    """Apply a message's deliveries in one transaction; None (rolled back, nothing changed) if
-    any of them raised, or was not a plain apply (held, failed), for the caller to take them
-    one by one."""
-    outcomes = {i: "paused" if i in started and started[i].paused else "skipped" for i in delivery_ids
-                if i not in started or started[i].status != DeliveryStatus.RECEIVED or started[i].paused}
-    runnable = [started[i] for i in delivery_ids if i not in outcomes]
-    if any(t.behind is not None for t in runnable):
-        return None
+class _TakeApart(Exception):
+    """A delivery of the message must wait behind a failed one: one by one, then."""
+
+
+def _run_together(delivery_ids: list[str],
+                  started: dict[str, deliveries.Taken] | None = None) -> dict[str, str] | None:
+    """Apply a message's deliveries in one transaction, their runs counted in it unless
+    `started` (counted already); None (rolled back, nothing changed) if any of them raised, or
+    was not a plain apply (held, failed), for the caller to take them one by one."""
     try:
         with transaction() as session:
+            taken = started if started is not None else deliveries.start_runs(session, delivery_ids)
+            outcomes = {i: "paused" if i in taken and taken[i].paused else "skipped" for i in delivery_ids
+                        if i not in taken or taken[i].status != DeliveryStatus.RECEIVED or taken[i].paused}
+            runnable = [taken[i] for i in delivery_ids if i not in outcomes]
+            if any(t.behind is not None for t in runnable):
+                raise _TakeApart
             done = [forward.process_delivery(session, t) for t in runnable]
     except Exception as exc:  # any: one failing event never takes the others with it
-        log.info("sync.batch_split deliveries=%d error=%s", len(runnable), exc.__class__.__name__)
+        log.info("sync.batch_split deliveries=%d error=%s", len(delivery_ids), exc.__class__.__name__)
         return None
     for outcome in done:
         outcomes[outcome.delivery_id] = outcome.status

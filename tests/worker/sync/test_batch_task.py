@@ -118,3 +118,67 @@ def test_an_event_behind_one_that_failed_in_the_same_batch_waits_for_it(harness,
     monkeypatch.setattr(tasks, "enqueue", lambda *job: True)
     assert tasks.process_deliveries(ids) == {created: "failed", updated: "held", unrelated: "processed"}
     assert _statuses(ids) == ["failed", "held", "processed"]
+
+
+def _as_broker_hands_it_out(ids: list[str], redelivered: bool) -> dict[str, str]:
+    """Run the task as a worker does for a message from the broker: with its delivery_info."""
+    task = tasks.process_deliveries
+    task.push_request(delivery_info={"exchange": "", "routing_key": "bbsync", "redelivered": redelivered})
+    try:
+        return task.run(ids)
+    finally:
+        task.pop_request()
+
+
+def _runs(ids: list[str]) -> list[int]:
+    with transaction() as session:
+        return [session.get(Delivery, i).runs for i in ids]
+
+
+def test_a_first_delivery_counts_its_runs_in_the_transaction_that_applies_them(harness, monkeypatch):
+    from worker.sync import deliveries
+    commits: list[str] = []
+    real = deliveries.start_runs
+
+    def counting(session, delivery_ids):
+        commits.append("counted")
+        return real(session, delivery_ids)
+    monkeypatch.setattr(deliveries, "start_runs", counting)
+    ids = _received(harness, ["One", "Two"])
+    assert _as_broker_hands_it_out(ids, redelivered=False) == {i: "processed" for i in ids}
+    assert commits == ["counted"] and _runs(ids) == [1, 1]
+
+
+def test_a_first_delivery_that_dies_in_its_work_loses_the_count_and_its_redelivery_counts_apart(harness, monkeypatch):
+    ids = _received(harness, ["Poison"])
+    real = forward.process_delivery
+
+    def dies(session, taken):
+        raise SystemExit("the worker was killed")   # not an Exception: nothing catches it
+    monkeypatch.setattr(forward, "process_delivery", dies)
+    try:
+        _as_broker_hands_it_out(ids, redelivered=False)
+    except SystemExit:
+        pass
+    assert _runs(ids) == [0] and _statuses(ids) == ["received"]   # rolled back with the work
+    try:
+        _as_broker_hands_it_out(ids, redelivered=True)
+    except SystemExit:
+        pass
+    assert _runs(ids) == [1]                                         # counted apart, and kept
+    monkeypatch.setattr(forward, "process_delivery", real)
+    assert _as_broker_hands_it_out(ids, redelivered=True) == {ids[0]: "processed"}
+    assert _runs(ids) == [2]
+
+
+def test_a_first_delivery_whose_batch_fails_is_counted_once_and_taken_one_by_one(harness, monkeypatch):
+    ids = _received(harness, ["Fine", "Broken"])
+    real = forward.process_delivery
+
+    def broken(session, taken):
+        if taken.id == ids[1]:
+            raise ValueError("bad data")
+        return real(session, taken)
+    monkeypatch.setattr(forward, "process_delivery", broken)
+    assert _as_broker_hands_it_out(ids, redelivered=False) == {ids[0]: "processed", ids[1]: "failed"}
+    assert _runs(ids) == [1, 1]
