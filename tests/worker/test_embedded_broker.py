@@ -212,16 +212,26 @@ def test_a_message_named_as_kombu_names_them_is_still_taken(tmp_path):
 
 def test_a_message_handed_back_comes_again_marked_redelivered(tmp_path):
     """Celery reads `redelivered` from the delivery_info: a task whose worker was lost must see
-    it there, or it would take the message for a first delivery again."""
-    from kombu import Exchange, Queue
+    it there, or it would take the message for a first delivery again. (The default exchange
+    routes by queue name, so no binding from another test's connection can get in the way.)"""
     conn, channel = _channel(tmp_path)
     with conn:
-        queue = Queue(QUEUE, Exchange(QUEUE), QUEUE)
-        producer = conn.Producer(channel)
-        producer.publish({"task": "x"}, exchange=queue.exchange, routing_key=QUEUE, declare=[queue])
-        first = queue(channel).get(no_ack=False)
-        assert not first.delivery_info.get("redelivered")
-        first.reject(requeue=True)
-        again = queue(channel).get(no_ack=False)
+        conn.Producer(channel).publish({"task": "x"}, exchange="", routing_key=QUEUE)
+        first = _get(channel)
+        assert first.payload == {"task": "x"} and not first.delivery_info.get("redelivered")
+        channel.basic_reject(first.delivery_tag, requeue=True)
+        again = _get(channel)
         assert again.payload == {"task": "x"} and again.delivery_info["redelivered"] is True
-        again.ack()
+        channel.basic_ack(again.delivery_tag)
+
+
+def _get(channel, timeout: float = 5.0):
+    """The next message, as a consumer polls for it."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = channel.basic_get(QUEUE, no_ack=False)
+        if message is not None:
+            return message
+        time.sleep(0.01)
+    raise AssertionError("no message came")
