@@ -10,8 +10,7 @@ from typing import Iterable, NamedTuple
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker import connections
-from worker.db.models import Connection, Delivery, Escalation
+from worker.db.models import Connection, Delivery, Escalation, Link
 from worker.engine.states import DeliveryStatus, EscalationState
 from worker.sync import claims, outbox
 
@@ -54,7 +53,14 @@ def find(session: Session, cutoff: datetime, connection_id: int | None = None,
     ids = list(session.scalars(query.order_by(Delivery.received_at)))
     links = sorted(set(outbox.waiting_links(session, cutoff, connection_id)) | set(released_links))
     waiting = escalations(session, cutoff, connection_id)
-    if paused:
-        links = [i for i in links if not connections.paused(session, link_id=i)]
-        waiting = [i for i in waiting if not connections.paused(session, escalation_id=i)]
+    if paused:  # one query per kind, not one per row
+        links = _not_paused(session, Link, links, paused)
+        waiting = _not_paused(session, Escalation, waiting, paused)
     return Waiting(ids, links, waiting)
+
+
+def _not_paused(session: Session, model, ids: list[int], paused: set[int]) -> list[int]:
+    if not ids:
+        return ids
+    owner = dict(session.execute(select(model.id, model.connection_id).where(model.id.in_(ids))).all())
+    return [i for i in ids if owner.get(i) not in paused]

@@ -2,6 +2,7 @@
 Each delivery is processed as `process_delivery` would, isolated from the rest of its batch."""
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
@@ -156,15 +157,11 @@ def test_a_first_delivery_that_dies_in_its_work_loses_the_count_and_its_redelive
     def dies(session, taken):
         raise SystemExit("the worker was killed")   # not an Exception: nothing catches it
     monkeypatch.setattr(forward, "process_delivery", dies)
-    try:
+    with pytest.raises(SystemExit):
         _as_broker_hands_it_out(ids, redelivered=False)
-    except SystemExit:
-        pass
     assert _runs(ids) == [0] and _statuses(ids) == ["received"]   # rolled back with the work
-    try:
+    with pytest.raises(SystemExit):
         _as_broker_hands_it_out(ids, redelivered=True)
-    except SystemExit:
-        pass
     assert _runs(ids) == [1]                                         # counted apart, and kept
     monkeypatch.setattr(forward, "process_delivery", real)
     assert _as_broker_hands_it_out(ids, redelivered=True) == {ids[0]: "processed"}
