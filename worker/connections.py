@@ -16,7 +16,7 @@ from worker.bitbucket.credentials import parse_api_token, store_for_connection
 from worker.db.credentials import Credential
 from worker.db.models import Connection, ConnectionRepo, WebhookSecret, utcnow
 from worker.engine.events import SYNCED_FIELDS
-from worker.engine.merge import DEFAULT_POLICY, POLICIES
+from worker.engine.decide import DEFAULT_POLICY, POLICIES
 from worker.targets import SIDES
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")

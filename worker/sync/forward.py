@@ -1,13 +1,13 @@
 """Forward sync: one stored Bitbucket delivery -> the target side, in one transaction.
 
-The order of work is the design's: the delivery, its connection and what is stuck of its issue
-come read with its run (worker.sync.deliveries.start_run); lock the link (so one link's events
-apply one at a time), normalize, decide each field against the shadow, apply to the target,
-update shadows, write the ledger and mark the delivery done, in one transaction. Marking it
-done is conditional: a second run of the same delivery that gets there second rolls back.
-What an incoming value is (our echo, stale, news) is judged by worker.engine.judge and merged by
-worker.engine.merge; echoes and replaced edits are recorded by worker.sync.echoes, comments by
-worker.sync.forward_comments.
+Load, decide, carry out, record. The delivery, its connection and what is stuck of its issue
+come read with its run (worker.sync.deliveries.start_run); the link is locked with its shadows
+(worker.sync.links: one link's events apply one at a time); the payload is normalized and every
+field decided by worker.engine.decide, pure (our echo, stale, or news merged against the
+shadow); this module carries the decisions out (the target's changes, shadows, what goes back
+to Bitbucket, conflicts), writes the ledger and marks the delivery done, conditionally: a second
+run of the same delivery that gets there second rolls back. A stale event's leftovers are
+worker.sync.stale's, a comment's worker.sync.forward_comments'.
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from worker import connections
 
 from worker.db import ledger
 from worker.db.models import Connection, Link, OutboxEntry, Shadow, utcnow
+from worker.engine.decide import (Echoed, FieldDecision, FieldView, Held, Stale, decide_field,
+                                  decide_update, is_stale)
 from worker.engine.events import MISSING, SYNCED_FIELDS, IssueEvent, MalformedEvent, normalize
-from worker.engine.judge import Held, Kind, judge
 from worker.engine.markers import find_ticket_marker
-from worker.engine.merge import FieldDecision, ShadowPair, decide_field, is_stale
 from worker.engine.states import DeliveryStatus, Direction, OutboxKind, Outcome, Winner
-from worker.sync import conflicts, deliveries, echoes, forward_comments, outbox, reverse
+from worker.sync import conflicts, deliveries, forward_comments, links, outbox, reverse, stale
 from worker.sync.deliveries import Taken
 from worker.sync.target_writes import Direct, Queued, writer_for
 from worker.targets import side_for
@@ -73,7 +73,7 @@ def process_delivery(session: Session, delivery: str | Taken) -> Processed:
 
 
 def _apply(session: Session, conn: Connection, delivery: Taken, event: IssueEvent) -> Processed:
-    link, shadows = echoes.lock_link(session, conn.id, event.issue.repo, event.issue.issue_id,
+    link, shadows = links.lock_link(session, conn.id, event.issue.repo, event.issue.issue_id,
                                      event.comment.id if event.comment else None)
     target = writer_for(session, conn)
     if link is None:
@@ -83,17 +83,9 @@ def _apply(session: Session, conn: Connection, delivery: Taken, event: IssueEven
     else:
         _record_cleaning(session, conn, delivery, event, link)
         if is_stale(event.issue.updated_at, link.bitbucket_updated_at):
-            echoes.record_overwritten(session, conn, delivery, event, link, target)
-            if echoes.record_late_echoes(session, conn, delivery, event, link):
-                forward_comments.sync_comment(session, conn, delivery, event, link, target)
-                return _finish(session, conn, delivery, DeliveryStatus.PROCESSED, "echo", link)
-            ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.STALE,
-                          link_id=link.id, delivery_id=delivery.id, actor=event.actor,
-                          bitbucket_at=event.issue.updated_at,
-                          detail=f"event from {event.issue.updated_at.isoformat()} is older than "
-                                 f"the {link.bitbucket_updated_at.isoformat()} already applied")
+            detail = stale.record_stale_event(session, conn, delivery, event, link, target)
             forward_comments.sync_comment(session, conn, delivery, event, link, target)
-            return _finish(session, conn, delivery, DeliveryStatus.PROCESSED, "stale", link)
+            return _finish(session, conn, delivery, DeliveryStatus.PROCESSED, detail, link)
         _update_link(session, conn, delivery, event, link, target, shadows)
     forward_comments.sync_comment(session, conn, delivery, event, link, target)
     if event.issue.updated_at and (link.bitbucket_updated_at is None
@@ -174,49 +166,37 @@ def _update_link(session: Session, conn: Connection, delivery: Taken, event: Iss
                  link: Link, target: Direct | Queued, shadows: dict[str, Shadow]) -> None:
     tables = connections.tables_for(conn)
     current = target.read(link)
-    writes = {r.id: r for r in echoes.in_flight(session, link)}
-    expected = echoes.expected(writes.values())
-    changes: dict[str, str | None] = {}
-    decided = 0
+    writes = {r.id: r for r in links.in_flight(session, link)}
+    views = {}
     for field in SYNCED_FIELDS:
-        incoming = event.issue.fields.get(field, MISSING)
-        if incoming is MISSING:
-            continue
         row = shadows.get(field)
-        verdict = judge(field, incoming, expected=expected, event_at=event.issue.updated_at,
-                        held=Held(row.bitbucket_value, row.target_value, row.bitbucket_at) if row else None,
-                        current_target=current.fields.get(field), pushable=field in reverse.BITBUCKET_KEYS)
-        if verdict.kind is Kind.ECHO:
-            echoes.record_echo(session, conn, delivery, event, link, field, incoming, verdict, writes, row)
-            decided += 1
-        elif verdict.kind is Kind.STALE:
-            # Older than the value held for this field (our own later write): no news for it,
-            # unless it is the Bitbucket edit our write replaced, which makes a conflict. The
-            # same value again (a second echo of a write made twice) is not a decision at all.
-            if not verdict.repeated:
-                if not echoes.record_overwritten(session, conn, delivery, event, link, target, only=field):
-                    ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.STALE,
-                                  field=field, link_id=link.id, delivery_id=delivery.id,
-                                  actor=event.actor, bitbucket_value=incoming,
-                                  bitbucket_at=event.issue.updated_at,
-                                  detail=f"older than the value written at {row.bitbucket_at.isoformat()}")
-                decided += 1
+        to_dest, to_source = tables.translators(field, "bitbucket")
+        views[field] = FieldView(
+            held=Held(row.bitbucket_value, row.target_value, row.bitbucket_at) if row else None,
+            current=current.fields.get(field), pushable=field in reverse.BITBUCKET_KEYS,
+            policy=connections.policy_for(conn, field), to_dest=to_dest, to_source=to_source)
+    decisions = decide_update(event.issue.fields, event.issue.updated_at, views,
+                              links.expected(writes.values()), current.updated_at)
+    changes: dict[str, str | None] = {}
+    for d in decisions:
+        if isinstance(d, Echoed):
+            _record_echo(session, conn, delivery, event, link, d, writes, shadows.get(d.field))
+        elif isinstance(d, Stale):
+            # No news for this field, unless it is the Bitbucket edit our write replaced,
+            # which makes a conflict.
+            if not stale.record_overwritten(session, conn, delivery, event, link, target, only=d.field):
+                ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.STALE,
+                              field=d.field, link_id=link.id, delivery_id=delivery.id,
+                              actor=event.actor, bitbucket_value=d.incoming,
+                              bitbucket_at=event.issue.updated_at,
+                              detail=f"older than the value written at {d.held_at.isoformat()}")
         else:
-            base = ShadowPair(row.bitbucket_value, row.target_value) if row else None
-            to_dest, to_source = tables.translators(field, "bitbucket")
-            d = decide_field(field, incoming, current.fields.get(field), base,
-                             to_dest=to_dest, to_source=to_source,
-                             policy=connections.policy_for(conn, field),
-                             source_at=event.issue.updated_at, dest_at=current.updated_at)
-            if d is None:
-                continue
-            decided += 1
             if d.write:
-                changes[field] = d.new_dest
-            _record_decision(session, conn, delivery, event, link, d, shadow=row)
+                changes[d.field] = d.new_dest
+            _record_decision(session, conn, delivery, event, link, d, shadow=shadows.get(d.field))
     target.apply(conn, link, changes, sources={f: event.issue.fields.get(f) for f in changes},
                  actor=event.actor, expected_version=current.version)
-    if not decided and event.comment is None:
+    if not decisions and event.comment is None:
         # Nothing differs from what both sides hold. Said in the ledger all the same, so that
         # every delivery is accounted for: our own issue creation (an escalation) coming back
         # is an echo; anything else changed nothing we sync.
@@ -226,6 +206,32 @@ def _update_link(session: Session, conn: Connection, delivery: Taken, event: Iss
                       actor=event.actor, bitbucket_at=event.issue.updated_at,
                       detail="the issue our escalation created" if ours else
                              "no synced field differs from the last agreed state")
+
+
+def _record_echo(session: Session, conn: Connection, delivery: Taken, event: IssueEvent, link: Link,
+                 echo: Echoed, writes: dict[int, OutboxEntry], shadow: Shadow | None) -> None:
+    """A value we wrote, seen back: recorded as an echo, and nothing else happens (promise 4).
+    Both sides agree on what we wrote and the helpdesk value it was written from, not on
+    whatever the ticket says now (it may have moved on since)."""
+    verdict = echo.verdict
+    links.seen(writes[verdict.outbox_id], echo.field)
+    if verdict.move_shadow:
+        if shadow is None:
+            shadow = Shadow(link_id=link.id, field=echo.field)
+            session.add(shadow)
+        shadow.bitbucket_value, shadow.target_value = echo.incoming, verdict.written_from
+        shadow.bitbucket_at = event.issue.updated_at
+    ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.ECHO,
+                  field=echo.field, link_id=link.id, delivery_id=delivery.id, actor=event.actor,
+                  bitbucket_value=echo.incoming, target_value=verdict.written_from,
+                  bitbucket_at=event.issue.updated_at,
+                  detail=f"our own write (outbox {verdict.outbox_id}) seen back")
+    if verdict.ticket_moved and not links.push_waiting(session, link, echo.field):
+        # The ticket moved on after the write and nothing will carry its value out: the write
+        # was never recorded (a crash before finish), so no follow-up push was queued, and
+        # meanwhile an older Bitbucket snapshot changed the ticket.
+        session.add(OutboxEntry(connection_id=conn.id, link_id=link.id, kind=OutboxKind.FIELDS,
+                                fields=[echo.field], actor=event.actor))
 
 
 def _adopt_escalation(session: Session, conn: Connection, delivery: Taken,

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from worker.db import ledger
 from worker.db.models import CommentLink, Connection, Delivery, Link
 from worker.engine.events import IssueEvent
-from worker.engine.judge import CommentKind, judge_comment
+from worker.engine.comments import CommentKind, judge_comment
 from worker.engine.states import Direction, Outcome
 from worker.sync.target_writes import Direct, Queued
 
@@ -21,7 +21,7 @@ def sync_comment(session: Session, conn: Connection, delivery: Delivery, event: 
     comment = event.comment
     if comment is None:
         return
-    copied = session.info.get("comments_copied", {}).get((link.id, comment.id))  # echoes.lock_link knew
+    copied = session.info.get("comments_copied", {}).get((link.id, comment.id))  # links.lock_link knew
     if copied is None:
         copied = session.scalar(select(CommentLink.id).where(
             CommentLink.link_id == link.id, CommentLink.bitbucket_comment_id == comment.id)) is not None

@@ -29,8 +29,8 @@ from worker import connections
 from worker.db import ledger
 from worker.db.models import Conflict, Connection, Link, OutboxEntry, Shadow, utcnow
 from worker.engine.events import LIMITS, parse_time
-from worker.engine.judge import parked
-from worker.engine.merge import ShadowPair, decide_field
+from worker.engine.decide import parked
+from worker.engine.decide import ShadowPair, decide_field
 from worker.engine.states import OUTBOX_OPEN, ConflictState, Direction, OutboxKind, OutboxSide, OutboxState, Outcome
 from worker.engine.text import clean
 from worker.sync import claims, outbox

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from config import mappings
 from config.enums import BITBUCKET, MAPPED_FIELDS, TARGET
-from worker.engine.merge import POLICIES, FieldDecision, ShadowPair, decide_field, is_stale
+from worker.engine.decide import POLICIES, FieldDecision, ShadowPair, decide_field, is_stale
 
 TABLES = mappings.load()
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)

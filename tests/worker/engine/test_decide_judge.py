@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.engine.judge import NEWS, Expected, Held, Kind, Verdict, judge, late_echoes
-from worker.engine.merge import ShadowPair, decide_field
+from worker.engine.decide import NEWS, Expected, Held, Kind, Verdict, judge, late_echoes
+from worker.engine.decide import ShadowPair, decide_field
 from worker.engine.states import Outcome, Policy, Winner
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
@@ -124,7 +124,7 @@ def test_policies_name_sides_and_winners_are_relative_to_the_event():
 
 
 def test_a_bitbucket_comment_is_ours_known_or_new():
-    from worker.engine.judge import CommentKind, judge_comment
+    from worker.engine.comments import CommentKind, judge_comment
     from worker.engine.markers import comment_marker
     ours = f"Deployed.\n\n*Ana, via the helpdesk*\n\n{comment_marker('acme', 12)}"
     assert judge_comment(ours, "acme", already_copied=False) == (CommentKind.OURS, 12)
@@ -135,6 +135,6 @@ def test_a_bitbucket_comment_is_ours_known_or_new():
 
 
 def test_a_field_with_an_open_conflict_waits_and_the_rest_go():
-    from worker.engine.judge import parked
+    from worker.engine.decide import parked
     assert parked(["status", "priority", "title"], ["priority"]) == (["status", "title"], ["priority"])
     assert parked(["status"], []) == (["status"], [])
