@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import re
-import weakref
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, TableClause, TextClause, event, select
+from sqlalchemy import Connection, Dialect, event, select
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import visitors
 
 from worker.db.models import LedgerEntry, utcnow
+from worker.db.session import reads_table
 from worker.engine.states import Outcome
 
 OUTCOMES = tuple(Outcome)
@@ -91,25 +90,8 @@ def _unnest_insert(dialect: Dialect) -> tuple[str, tuple]:
 @event.listens_for(Session, "do_orm_execute")
 def _before_query(state) -> None:
     # A query in the same transaction sees every row recorded before it.
-    if PENDING in state.session.info and _reads_ledger(state.statement):
+    if PENDING in state.session.info and reads_table(state.statement, LedgerEntry.__tablename__):
         flush_pending(state.session)
-
-
-_reading: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _reads_ledger(statement: Any) -> bool:
-    """Whether a statement names the ledger table anywhere (a subquery too), or may (text).
-    Remembered for statements built once and run again (the hot path's)."""
-    known = _reading.get(statement)
-    if known is None:
-        known = any(isinstance(e, TextClause) or (isinstance(e, TableClause) and e.name == LedgerEntry.__tablename__)
-                    for e in visitors.iterate(statement))
-        try:
-            _reading[statement] = known
-        except TypeError:  # not weakly referenceable: just not remembered
-            pass
-    return known
 
 
 @event.listens_for(Session, "before_commit")

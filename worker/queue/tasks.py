@@ -142,11 +142,12 @@ class _TakeApart(Exception):
 def _run_together(delivery_ids: list[str],
                   started: dict[str, deliveries.Taken] | None = None) -> dict[str, str] | None:
     """Apply a message's deliveries in one transaction, their runs counted in it unless
-    `started` (counted already); None (rolled back, nothing changed) if any of them raised, or
-    was not a plain apply (held, failed), for the caller to take them one by one."""
+    `started` (counted already: then by the statement that marks them done, see
+    deliveries.take_runs); None (rolled back, nothing changed) if any of them raised, or was
+    not a plain apply (held, failed), for the caller to take them one by one."""
     try:
         with transaction() as session:
-            taken = started if started is not None else deliveries.start_runs(session, delivery_ids)
+            taken = started if started is not None else deliveries.take_runs(session, delivery_ids)
             outcomes = {i: "paused" if i in taken and taken[i].paused else "skipped" for i in delivery_ids
                         if i not in taken or taken[i].status != DeliveryStatus.RECEIVED or taken[i].paused}
             runnable = [taken[i] for i in delivery_ids if i not in outcomes]
