@@ -1,5 +1,5 @@
 """The ledger's rows on PostgreSQL: recorded in a transaction, they go out in one statement at
-its commit (an INSERT from column arrays), unless a query of the transaction reads the ledger
+its commit (one INSERT from the rows as JSON), unless a query of the transaction reads the ledger
 first; every value arrives as given, and one too long for its column is refused, not cut."""
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_a_query_that_reads_the_ledger_sees_the_rows_recorded_before_it(conn_id,
 def test_every_value_arrives_as_given(conn_id):
     given = {"field": "status", "base_value": "open", "old_value": None, "new_value": "solved ✓",
              "bitbucket_value": "x" * 10_000, "target_value": "", "bitbucket_at": WHEN, "target_at": None,
-             "policy": "manual", "winner": None, "actor": "ana", "detail": "line\nbreak, {braces} \"quoted\""}
+             "policy": "manual", "winner": None, "actor": "ana", "detail": "line\nbreak, {braces} \"quoted\" back\\slash \\u0041"}
     with transaction() as session:
         ledger.record(session, connection_id=conn_id, direction="forward", outcome=Outcome.CONFLICT, **given)
         ledger.record(session, connection_id=conn_id, direction="reverse", outcome=Outcome.APPLIED)

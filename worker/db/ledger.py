@@ -1,12 +1,11 @@
 """The ledger: append-only record of every decision, and how it reads to a person."""
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, event, select
+import orjson
+from sqlalchemy import Connection, event, select
 from sqlalchemy.orm import Session
 
 from worker.db.models import LedgerEntry, utcnow
@@ -61,30 +60,22 @@ def flush_pending(session: Session) -> None:
 
 def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Ledger rows (every column but id, as `record` makes them) in one statement. On
-    PostgreSQL one INSERT ... SELECT FROM unnest(column arrays): the same text for any number
-    of rows, so psycopg prepares it once per connection, where a multi-row VALUES would be a
-    new statement (parsed, planned, its placeholders rewritten by psycopg) for each count, and
-    an executemany one execution per row."""
+    PostgreSQL one INSERT ... SELECT FROM json_populate_recordset of the rows as one JSON
+    text: the same statement for any number of rows, so psycopg prepares it once per
+    connection (a multi-row VALUES is a new statement for each count, its placeholders
+    rewritten by psycopg each time; an executemany is one execution per row), and one string
+    to send, made by orjson in C, where psycopg adapted each of a message's ~2,000 values in
+    Python (1.4 ms for 96 rows, against 0.04 ms)."""
     if conn.dialect.name != "postgresql":
         conn.execute(LedgerEntry.__table__.insert(), rows)
         return
-    sql, processors = _unnest_insert(conn.dialect)
-    conn.exec_driver_sql(sql, tuple(
-        [row[c] for row in rows] if process is None else [None if row[c] is None else process(row[c]) for row in rows]
-        for c, process in zip(_COLUMNS, processors)))
+    conn.exec_driver_sql(_JSON_INSERT, (orjson.dumps(rows).decode(),))
 
 
-@lru_cache(maxsize=2)
-def _unnest_insert(dialect: Dialect) -> tuple[str, tuple]:
-    """The INSERT and each column's bind processor (what SQLAlchemy would apply to a value),
-    made once per dialect."""
-    table = LedgerEntry.__table__
-    columns = [table.c[c] for c in _COLUMNS]
-    # Unbounded types: an explicit cast to VARCHAR(n) would cut an over-long value short, where
-    # the INSERT's own assignment refuses it, as an INSERT of values does.
-    arrays = ", ".join(f"%s::{re.sub(r'[(][0-9]+[)]', '', c.type.compile(dialect=dialect))}[]" for c in columns)
-    sql = f"INSERT INTO {table.name} ({', '.join(_COLUMNS)}) SELECT * FROM unnest({arrays})"
-    return sql, tuple(c.type.bind_processor(dialect) for c in columns)
+#: Each value as JSON gives it (orjson: aware datetimes in ISO 8601 with their offset, enums by
+#: value), read by each column's own input function, which refuses a value too long for it.
+_JSON_INSERT = (f"INSERT INTO {LedgerEntry.__tablename__} ({', '.join(_COLUMNS)}) "
+                f"SELECT {', '.join(_COLUMNS)} FROM json_populate_recordset(NULL::{LedgerEntry.__tablename__}, %s::json)")
 
 
 @event.listens_for(Session, "do_orm_execute")
