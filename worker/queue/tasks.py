@@ -153,7 +153,10 @@ def _run_together(delivery_ids: list[str],
             runnable = [taken[i] for i in delivery_ids if i not in outcomes]
             if any(t.behind is not None for t in runnable):
                 raise _TakeApart
-            done = [forward.process_delivery(session, t) for t in runnable]
+            done = []
+            for t in runnable:
+                log.info("sync.delivery_started delivery=%s run=%d", t.id, t.runs)
+                done.append(forward.process_delivery(session, t))
     except Exception as exc:  # any: one failing event never takes the others with it
         log.info("sync.batch_split deliveries=%d error=%s", len(delivery_ids), exc.__class__.__name__)
         return None
