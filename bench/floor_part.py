@@ -33,6 +33,7 @@ from pathlib import Path
 import psycopg
 import redis
 
+from bench import process_cpu
 from bench.floor import create_tables
 from bench.webhook_load import ROOT, Sender, burst
 from devstack.stack import Stack, _bin
@@ -49,6 +50,7 @@ class Pipeline:
     table: str
     sender: Sender
     worker: subprocess.Popen
+    web: subprocess.Popen
 
 
 def procfile_worker(stack: Stack, name: str, app: str) -> subprocess.Popen:
@@ -74,12 +76,17 @@ def pg_counters(pg_url: str, db_name: str) -> dict:
 def measure(p: Pipeline, pg_url: str, events: int, senders: int, timeout: float) -> dict:
     """One round of one pipeline; every pipeline must have been idle for SETTLE_S before."""
     before = pg_counters(pg_url, p.db_name)
+    backends = process_cpu.backend_pids(pg_url, p.db_name)
+    cpu0 = process_cpu.reading(p.web.pid, p.worker.pid, backends)
     x = burst(p.db_url, p.sender, events, senders, timeout, table=p.table, groups=[p.worker.pid])
+    backends |= process_cpu.backend_pids(pg_url, p.db_name)
+    cpu1 = process_cpu.reading(p.web.pid, p.worker.pid, backends)
     time.sleep(SETTLE_S)  # also the next measurement's idle time
     if "error" in x:
         return x
     after = pg_counters(pg_url, p.db_name)
     n = max(1, x["processed"])
+    x["by_process"] = process_cpu.per_event(cpu0, cpu1, x["cpu_ms"], n)
     d = {k: None if after[k] is None else after[k] - before[k] for k in after}
     d["commits"] -= x["polls"]
     x.update({k: None if v is None else v / n for k, v in d.items()})
@@ -102,7 +109,13 @@ def start_floor(pg_url: str, redis_url: str, log_dir: Path) -> tuple[Stack, Pipe
     web = stack.start_web(app="bench.floor:create_app()", chdir=str(ROOT))
     worker = procfile_worker(stack, "floor-worker", "bench.floor")
     sender = Sender(f"{web}/webhooks/bitbucket/floor", secret)
-    return stack, Pipeline("floor", db_name, db_url, "floor_deliveries", sender, worker), queue
+    return stack, Pipeline("floor", db_name, db_url, "floor_deliveries", sender, worker,
+                           web_process(stack, web)), queue
+
+
+def web_process(stack: Stack, url: str) -> subprocess.Popen:
+    """The gunicorn process (its own session: pid = process group) serving `url`."""
+    return stack.procs[f"web-{url.rpartition(':')[2]}"]
 
 
 def drop_floor(stack: Stack | None, pipe: Pipeline | None, queue: str | None, pg_url: str, redis_url: str) -> None:
@@ -123,7 +136,8 @@ def run(stack: Stack, sender: Sender, db_url: str, *, pg_url: str, redis_url: st
     try:
         fstack, floor, queue = start_floor(pg_url, redis_url, log_dir)
         ours = Pipeline("bbsync", db_url.rpartition("/")[2], db_url, "deliveries", sender,
-                        procfile_worker(stack, "worker-procfile", "worker.queue.celery_app"))
+                        procfile_worker(stack, "worker-procfile", "worker.queue.celery_app"),
+                        web_process(stack, sender.url.rsplit("/webhooks/", 1)[0]))
         for p in (floor, ours):  # imports, pools, caches
             burst(p.db_url, p.sender, WARMUP, senders, 60, table=p.table)
         time.sleep(SETTLE_S)
@@ -149,7 +163,9 @@ def report_one(name: str, x: dict) -> list[str]:
             f"p99 {1000 * x['p99']:.0f} ms, statuses {x['statuses']}, send errors {x['errors']})",
             f"             per event: machine CPU {x['cpu_ms']:.2f} ms, celery CPU {x['celery_ms']:.2f} ms, "
             f"commits {_fmt(x['commits'])} (rollbacks {_fmt(x['rollbacks'])}), "
-            f"WAL writes {_fmt(x['wal_write'])}, WAL flushes {_fmt(x['wal_sync'])}"]
+            f"WAL writes {_fmt(x['wal_write'])}, WAL flushes {_fmt(x['wal_sync'])}",
+            "             CPU ms per event by process: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in x.get("by_process", {}).items())]
 
 
 def report(results: list[tuple[dict, dict]], events: int, senders: int) -> list[str]:

@@ -32,7 +32,11 @@ PublishMany = Callable[[Sequence[Job]], int]
 RETRY_FIRST_SECONDS = 1.0
 RETRY_MAX_SECONDS = 30.0
 BATCH_MAX = 100
-BATCH_INTERVAL_SECONDS = 0.02
+#: Under load, how often the thread publishes. 50 ms (20 ms before): a message then carries
+#: about two and a half times as many deliveries, and a worker's cost per message (the task's
+#: own bookkeeping, one transaction, one commit) is spread over them (issue 14). An idle
+#: thread still publishes at once, so a lone webhook is not delayed by it.
+BATCH_INTERVAL_SECONDS = 0.05
 
 
 def one_at_a_time(enqueue: Callable[[str, str | int], bool]) -> PublishMany:

@@ -159,3 +159,26 @@ def test_one_at_a_time_stops_at_the_first_job_that_fails():
     assert publish([("t", "a"), ("t", "b")]) == 2
     assert publish([("t", "c"), ("t", "bad"), ("t", "d")]) == 1
     assert sent == ["a", "b", "c"]
+
+
+def test_by_default_jobs_that_follow_a_publish_wait_for_the_next_one_50_ms_after_it(monkeypatch):
+    """Under load, a message gathers what arrives within 50 ms of the last publish (issue 14:
+    the more deliveries a message carries, the less a worker spends on each); an idle thread
+    publishes at once."""
+    from webhooks import dispatch
+    waits: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread().name == "bbsync-dispatch":
+            waits.append(seconds)
+        real_sleep(seconds)
+    monkeypatch.setattr(dispatch.time, "sleep", sleep)
+    broker = Broker()
+    dispatcher = Dispatcher(broker)
+    dispatcher.enqueue("process_delivery", "first")
+    wait_for(lambda: broker.calls == 1)
+    dispatcher.enqueue("process_delivery", "second")
+    wait_for(lambda: broker.calls == 2)
+    assert waits[0] == 0.0  # the first, on an idle thread: at once
+    assert 0.025 < waits[1] <= 0.05  # the second: until 50 ms after the first went out

@@ -4,10 +4,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, event, select
 from sqlalchemy.orm import Session
 
 from worker.db.models import LedgerEntry, utcnow
+from worker.db.session import reads_table
 from worker.engine.states import Outcome
 
 OUTCOMES = tuple(Outcome)
@@ -21,11 +23,12 @@ _COLUMNS = tuple(c.name for c in LedgerEntry.__table__.columns if c.name != "id"
 def record(db: Session | Connection, *, connection_id: int, direction: str, outcome: str,
            orm: bool = False, **fields: Any) -> LedgerEntry | None:
     """Append a decision, in the caller's transaction. With a session, the rows of a
-    transaction go to the database together, in one executemany, before its next query and
-    before its commit (an event's four or five rows cost no ORM objects and one round trip);
-    `orm=True` inserts what is pending and returns the entry as an ORM object, for a caller
-    that needs its id. With a Core connection (the receiver's lean path) the row is inserted
-    at once."""
+    transaction wait in it and go to the database together, in one statement, at its commit
+    (or before a query of it that reads the ledger): a message's deliveries are one
+    transaction, so their twenty-odd rows cost one statement, where a statement per delivery
+    cost the worker more CPU than the rows (issue 14). `orm=True` inserts what is pending and
+    returns the entry as an ORM object, for a caller that needs its id. With a Core
+    connection (the receiver's lean path) the row is inserted at once."""
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown ledger outcome {outcome!r}")
     if isinstance(db, Connection):
@@ -52,13 +55,33 @@ def flush_pending(session: Session) -> None:
     rows = session.info.pop(PENDING, None)
     if rows:
         session.flush()
-        session.connection().execute(LedgerEntry.__table__.insert(), rows)
+        insert_rows(session.connection(), rows)
+
+
+def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Ledger rows (every column but id, as `record` makes them) in one statement. On
+    PostgreSQL one INSERT ... SELECT FROM json_populate_recordset of the rows as one JSON
+    text: the same statement for any number of rows, so psycopg prepares it once per
+    connection (a multi-row VALUES is a new statement for each count, its placeholders
+    rewritten by psycopg each time; an executemany is one execution per row), and one string
+    to send, made by orjson in C, where psycopg adapted each of a message's ~2,000 values in
+    Python (1.4 ms for 96 rows, against 0.04 ms)."""
+    if conn.dialect.name != "postgresql":
+        conn.execute(LedgerEntry.__table__.insert(), rows)
+        return
+    conn.exec_driver_sql(_JSON_INSERT, (orjson.dumps(rows).decode(),))
+
+
+#: Each value as JSON gives it (orjson: aware datetimes in ISO 8601 with their offset, enums by
+#: value), read by each column's own input function, which refuses a value too long for it.
+_JSON_INSERT = (f"INSERT INTO {LedgerEntry.__tablename__} ({', '.join(_COLUMNS)}) "
+                f"SELECT {', '.join(_COLUMNS)} FROM json_populate_recordset(NULL::{LedgerEntry.__tablename__}, %s::json)")
 
 
 @event.listens_for(Session, "do_orm_execute")
 def _before_query(state) -> None:
     # A query in the same transaction sees every row recorded before it.
-    if PENDING in state.session.info:
+    if PENDING in state.session.info and reads_table(state.statement, LedgerEntry.__tablename__):
         flush_pending(state.session)
 
 

@@ -8,14 +8,16 @@ same job per link.
 from __future__ import annotations
 
 import os
+import weakref
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Iterator
+from typing import Any, Iterator
 
-from sqlalchemy import Engine, Insert, Table, create_engine, event
+from sqlalchemy import Engine, Insert, Table, TableClause, TextClause, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import visitors
 
 from config.settings import get_settings
 
@@ -99,3 +101,27 @@ def transaction(url: str | None = None) -> Iterator[Session]:
             yield session
     finally:
         session.close()
+
+
+_tables_read: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def reads_table(statement: Any, name: str) -> bool:
+    """Whether a statement names table `name` anywhere (a subquery, a join), or may (text):
+    for writes a transaction holds back until its commit, which a query of it that reads
+    their table must see first. Remembered for statements built once and run again (the hot
+    path's), so that asking costs a lookup."""
+    names = _tables_read.get(statement)
+    if names is None:
+        found = set()
+        for element in visitors.iterate(statement):
+            if isinstance(element, TextClause):
+                found.add(None)  # any table
+            elif isinstance(element, TableClause):
+                found.add(element.name)
+        names = frozenset(found)
+        try:
+            _tables_read[statement] = names
+        except TypeError:  # not weakly referenceable: just not remembered
+            pass
+    return name in names or None in names

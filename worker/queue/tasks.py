@@ -142,17 +142,21 @@ class _TakeApart(Exception):
 def _run_together(delivery_ids: list[str],
                   started: dict[str, deliveries.Taken] | None = None) -> dict[str, str] | None:
     """Apply a message's deliveries in one transaction, their runs counted in it unless
-    `started` (counted already); None (rolled back, nothing changed) if any of them raised, or
-    was not a plain apply (held, failed), for the caller to take them one by one."""
+    `started` (counted already: then by the statement that marks them done, see
+    deliveries.take_runs); None (rolled back, nothing changed) if any of them raised, or was
+    not a plain apply (held, failed), for the caller to take them one by one."""
     try:
         with transaction() as session:
-            taken = started if started is not None else deliveries.start_runs(session, delivery_ids)
+            taken = started if started is not None else deliveries.take_runs(session, delivery_ids)
             outcomes = {i: "paused" if i in taken and taken[i].paused else "skipped" for i in delivery_ids
                         if i not in taken or taken[i].status != DeliveryStatus.RECEIVED or taken[i].paused}
             runnable = [taken[i] for i in delivery_ids if i not in outcomes]
             if any(t.behind is not None for t in runnable):
                 raise _TakeApart
-            done = [forward.process_delivery(session, t) for t in runnable]
+            done = []
+            for t in runnable:
+                log.info("sync.delivery_started delivery=%s run=%d", t.id, t.runs)
+                done.append(forward.process_delivery(session, t))
     except Exception as exc:  # any: one failing event never takes the others with it
         log.info("sync.batch_split deliveries=%d error=%s", len(delivery_ids), exc.__class__.__name__)
         return None

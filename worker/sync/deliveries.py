@@ -16,6 +16,8 @@ from worker.db.models import Connection as ConnectionRow
 from worker.db.models import Delivery, utcnow
 from worker.db.session import insert_ignoring_duplicates, transaction
 from worker.engine.states import DELIVERY_STUCK, DeliveryStatus, Direction, Outcome
+from worker.sync import finishing
+from worker.sync.finishing import AlreadyFinished
 
 #: Processing may start this many times (retries and redeliveries after a worker died) before
 #: the delivery is dead-lettered as failed, for a person to look at.
@@ -89,11 +91,6 @@ class Taken(NamedTuple):
     paused: bool = False    # its connection is paused: not processed (and no run counted)
 
 
-class AlreadyFinished(Exception):
-    """Another run of the delivery finished it first: this run's transaction is rolled back,
-    so that it has no second effect."""
-
-
 @lru_cache(maxsize=1)
 def _columns() -> tuple:
     """Built once: a statement's construction and cache key cost more than its round trip."""
@@ -124,12 +121,11 @@ def _start_statement():
 
 
 @lru_cache(maxsize=1)
-def _finish_statement():
-    table = Delivery.__table__
-    return (table.update().where(table.c.id == bindparam("delivery_id"),
-                                 table.c.status == DeliveryStatus.RECEIVED)
-            .values(status=bindparam("status"), error=bindparam("error"),
-                    processed_at=bindparam("processed_at")))
+def _take_statement():
+    """What _start_statement reads, for every delivery named, each row locked as the UPDATE
+    would lock it, and nothing written."""
+    return (select(*_columns()).where(Delivery.id.in_(bindparam("ids", expanding=True)))
+            .with_for_update(of=Delivery.__table__, key_share=True))
 
 
 def start_run(session: Session, delivery_id: str) -> Taken | None:
@@ -150,15 +146,37 @@ def start_runs(session: Session, delivery_ids: list[str]) -> dict[str, Taken]:
             found = read(session, delivery_id)
             if found is not None:
                 taken[delivery_id] = found
+    return _dead_letter_first_over(session, delivery_ids, taken)
+
+
+def take_runs(session: Session, delivery_ids: list[str]) -> dict[str, Taken]:
+    """start_runs for a transaction that goes on to apply the deliveries: each is read and
+    locked by one statement, and its run is counted when it is marked done, by the statement
+    that marks it (worker.sync.finishing), so it is written once, not twice. If the
+    transaction does not commit, the count goes with it (see worker.queue.tasks)."""
+    rows = session.connection().execute(_take_statement(), {"ids": list(delivery_ids)}).all()
+    taken = {}
+    for row in rows:
+        t = _taken(row)
+        if t.status == DeliveryStatus.RECEIVED and not t.paused:
+            t = t._replace(runs=t.runs + 1)
+            finishing.count_at_finish(session, [t.id])
+        taken[t.id] = t
+    return _dead_letter_first_over(session, delivery_ids, taken)
+
+
+def _dead_letter_first_over(session: Session, delivery_ids: list[str], taken: dict[str, Taken]) -> dict[str, Taken]:
     # One delivery that kills its worker is started again with every redelivery of its
     # message, and so is each one behind it, which never got its turn: only the first over
     # the limit is the one that keeps not finishing.
     over = next((i for i in delivery_ids if i in taken and taken[i].status == DeliveryStatus.RECEIVED
                  and not taken[i].paused and taken[i].runs > MAX_RUNS), None)
     if over is not None:
-        fail(session, session.get(Delivery, over),
-             f"dead-lettered: processing started {taken[over].runs - 1} times without finishing "
-             f"(a worker died or the event kept failing)")
+        d = session.get(Delivery, over)
+        d.runs = taken[over].runs  # counted here, if take_runs left it to the finish
+        session.info.get(finishing.UNCOUNTED, set()).discard(over)
+        fail(session, d, f"dead-lettered: processing started {taken[over].runs - 1} times without "
+                         f"finishing (a worker died or the event kept failing)")
         taken[over] = taken[over]._replace(status=DeliveryStatus.FAILED)
     return taken
 
@@ -175,13 +193,10 @@ def _taken(row) -> Taken:
 
 def finish(session: Session, delivery_id: str, status: str, error: str | None) -> None:
     """Mark the delivery done, if it is still waiting: a concurrent run that finished it first
-    makes this raise AlreadyFinished (the row lock makes the second wait for the first's
-    commit, then find it done), and the caller's transaction rolls back."""
-    # Core, not an ORM update: what the session holds is flushed with it at commit.
-    done = session.connection().execute(_finish_statement(), {
-        "delivery_id": delivery_id, "status": status, "error": error, "processed_at": utcnow()})
-    if done.rowcount != 1:
-        raise AlreadyFinished(delivery_id)
+    makes this transaction's commit raise AlreadyFinished (the row lock makes the second wait
+    for the first's commit, then find it done), and it rolls back. Marked at the commit, with
+    the transaction's other deliveries (worker.sync.finishing)."""
+    finishing.finish(session, delivery_id, status, error)
 
 
 def begin_run(delivery_id: str) -> Taken | None:

@@ -139,12 +139,13 @@ def _runs(ids: list[str]) -> list[int]:
 def test_a_first_delivery_counts_its_runs_in_the_transaction_that_applies_them(harness, monkeypatch):
     from worker.sync import deliveries
     commits: list[str] = []
-    real = deliveries.start_runs
+    real = deliveries.take_runs
 
     def counting(session, delivery_ids):
         commits.append("counted")
         return real(session, delivery_ids)
-    monkeypatch.setattr(deliveries, "start_runs", counting)
+    monkeypatch.setattr(deliveries, "take_runs", counting)
+    monkeypatch.setattr(deliveries, "start_runs", lambda *_: commits.append("counted apart"))
     ids = _received(harness, ["One", "Two"])
     assert _as_broker_hands_it_out(ids, redelivered=False) == {i: "processed" for i in ids}
     assert commits == ["counted"] and _runs(ids) == [1, 1]
