@@ -145,11 +145,13 @@ def _create_link(session: Session, conn: Connection, delivery: Taken, event: Iss
     link = Link(connection_id=conn.id, bitbucket_repo=event.issue.repo,
                 bitbucket_issue_id=event.issue.issue_id, bitbucket_url=event.issue.url,
                 bitbucket_updated_at=event.issue.updated_at)
-    # Direct: the new ticket's id. Queued: none yet (the create is an outbox row; the link
-    # is flushed to carry it, and gets the id when the create is sent).
-    link.target_id = target.create(conn, link, fields, event.issue.reporter, event.actor)
-    session.add(link)
-    session.flush()  # a concurrent creator of the same link fails here, and its task retries
+    # Direct: the new ticket's id, made first. Queued: none yet (the create is an outbox row
+    # naming the link, which gets the id when the create is sent).
+    if not target.queued:
+        link.target_id = target.create(conn, link, fields, event.issue.reporter, event.actor)
+    links.insert(session, link)  # a concurrent creator of the same link fails here, and retries
+    if target.queued:
+        target.create(conn, link, fields, event.issue.reporter, event.actor)
     issue = f"{event.issue.repo}#{event.issue.issue_id}"
     ledger.record(session, connection_id=conn.id, direction=DIRECTION, outcome=Outcome.APPLIED,
                   link_id=link.id, delivery_id=delivery.id, actor=event.actor,
@@ -157,8 +159,10 @@ def _create_link(session: Session, conn: Connection, delivery: Taken, event: Iss
                   new_value=f"ticket {link.target_id}" if link.target_id else None,
                   detail=f"created ticket {link.target_id} for {issue}" if link.target_id else
                          f"queued the creation of a {conn.target} item for {issue}")
+    first: list[dict] = []  # the link's shadows, inserted together
     for d in decisions:
-        _record_decision(session, conn, delivery, event, link, d, created=True)
+        _record_decision(session, conn, delivery, event, link, d, created=first)
+    links.insert_shadows(session, first)
     return link
 
 
@@ -265,8 +269,13 @@ def _adopt_escalation(session: Session, conn: Connection, delivery: Taken,
 
 def _record_decision(session: Session, conn: Connection, delivery: Taken, event: IssueEvent,
                      link: Link, d: FieldDecision, *, shadow: Shadow | None = None,
-                     created: bool = False) -> None:
-    if d.new_shadow is not None:
+                     created: list[dict] | None = None) -> None:
+    """`created`: the new link's shadow rows, for its creator to insert together."""
+    if d.new_shadow is not None and created is not None:
+        created.append({"link_id": link.id, "field": d.field, "bitbucket_value": d.new_shadow.source,
+                        "target_value": d.new_shadow.dest, "bitbucket_at": event.issue.updated_at,
+                        "target_at": utcnow() if d.write else None})
+    elif d.new_shadow is not None:
         if shadow is None:
             shadow = Shadow(link_id=link.id, field=d.field)
             session.add(shadow)
@@ -280,7 +289,7 @@ def _record_decision(session: Session, conn: Connection, delivery: Taken, event:
         session, orm=opens_conflict, connection_id=conn.id, direction=DIRECTION, outcome=d.outcome, field=d.field,
         link_id=link.id, delivery_id=delivery.id, actor=event.actor,
         base_value=d.base.source if d.base else None,
-        old_value=None if created else d.dest_value,
+        old_value=None if created is not None else d.dest_value,
         new_value=d.new_dest if d.write else d.dest_value,
         bitbucket_value=d.source_value, target_value=d.dest_value,
         bitbucket_at=event.issue.updated_at, policy=d.policy, winner=d.winner,
