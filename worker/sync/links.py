@@ -1,5 +1,6 @@
-"""A link as the forward runner reads it: locked, with its shadows, and with our own writes to
-Bitbucket whose webhooks may still be on their way back (their echoes)."""
+"""A link as the forward runner reads and makes it: locked, with its shadows, and with our own
+writes to Bitbucket whose webhooks may still be on their way back (their echoes); a new one
+and its first shadows inserted by prebuilt statements."""
 from __future__ import annotations
 
 from functools import lru_cache
