@@ -55,7 +55,7 @@ import redis  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 
 from bench import floor_part  # noqa: E402
-from bench.webhook_load import WEBHOOK_REPO, Sender, burst, celery_cpu, pct, wait_processed  # noqa: E402
+from bench.webhook_load import WEBHOOK_REPO, Sender, burst, celery_cpu, drop_database, pct, wait_processed  # noqa: E402
 from devstack.stack import Stack  # noqa: E402
 
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -310,14 +310,7 @@ def main() -> int:
         stack.close()
         if not args.embedded:
             r.delete(queue)
-        try:
-            from worker.db.session import get_engine
-            get_engine().dispose()
-        except Exception:
-            pass
-        if not args.embedded:
-            with psycopg.connect(PG_URL, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        drop_database(PG_URL, None if args.embedded else db_name)
 
 
 if __name__ == "__main__":

@@ -190,3 +190,16 @@ def burst(db_url: str, sender: Sender, n: int, threads: int, timeout: float,
 
 def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))] if xs else float("nan")
+
+
+def drop_database(pg_url: str, db_name: str | None) -> None:
+    """Close this process's engine (if it made one), then drop a bench's database (None: it
+    ran on SQLite)."""
+    try:
+        from worker.db.session import get_engine
+        get_engine().dispose()
+    except Exception:
+        pass
+    if db_name:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')

@@ -11,9 +11,10 @@ import os
 import weakref
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
-from sqlalchemy import Engine, Insert, Table, TableClause, TextClause, create_engine, event
+import orjson
+from sqlalchemy import Connection, Engine, Insert, Table, TableClause, TextClause, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -49,6 +50,29 @@ def insert_ignoring_duplicates(dialect: str, table: Table) -> Insert:
     """
     insert = {"postgresql": pg_insert, "sqlite": sqlite_insert}[dialect]
     return insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+
+
+def insert_many(conn: Connection, table: Table, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    """Rows (dicts of `columns`, an absent one NULL) in one statement. On PostgreSQL one
+    INSERT ... SELECT FROM json_populate_recordset of the rows as one JSON text: the same
+    statement for any number of rows, so psycopg prepares it once per connection, and one
+    string made by orjson in C, where psycopg adapts each value in Python. A multi-row VALUES
+    costs SQLAlchemy a cache key over every placeholder per call, and an executemany runs in
+    psycopg's pipeline mode: each cost a new issue more CPU than its round trip (issue 14).
+    Values go as JSON gives them (orjson: aware datetimes in ISO 8601 with their offset, enums
+    by value), read by each column's own input function, which refuses one too long for it."""
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":  # SQLite: an executemany is cheap there
+        conn.execute(table.insert(), [dict.fromkeys(columns) | row for row in rows])
+        return
+    conn.exec_driver_sql(_json_insert(table.name, tuple(columns)), (orjson.dumps(rows).decode(),))
+
+
+@lru_cache(maxsize=16)
+def _json_insert(table: str, columns: tuple[str, ...]) -> str:
+    names = ", ".join(columns)
+    return f"INSERT INTO {table} ({names}) SELECT {names} FROM json_populate_recordset(NULL::{table}, %s::json)"
 
 
 def make_engine(url: str, *, pre_ping: bool = True, autocommit: bool = False) -> Engine:

@@ -6,7 +6,10 @@ kombu's filesystem transport under var/broker, which needs no server: the embedd
 """
 from __future__ import annotations
 
+import gc
+
 from celery import Celery
+from celery.signals import worker_process_init, worker_ready
 
 from config.settings import Settings, get_settings
 from worker.queue import embedded_broker
@@ -86,3 +89,13 @@ def _configure(sender: Celery, **_kwargs) -> None:
     sender.conf.update(celery_config(settings))
     sender.conf.beat_schedule = BEAT_SCHEDULE
     sender.conf.beat_schedule_filename = str(settings.var_dir / "celerybeat-schedule")
+
+
+@worker_ready.connect
+@worker_process_init.connect
+def _freeze_startup_objects(**_kwargs) -> None:
+    """Move what the worker made while starting (Celery, SQLAlchemy, our modules: some 150,000
+    objects that live as long as the process) out of the garbage collector's sight, as the web
+    process does (config/gunicorn.conf.py): otherwise every full collection walks them all,
+    and at a trickle of events, each a message of its own, collections come per event."""
+    gc.freeze()

@@ -59,7 +59,7 @@ def flush(session: Session) -> None:
     counted_now = uncounted & pending.keys()
     uncounted -= counted_now  # the rest are counted when they finish, later in the transaction
     conn = session.connection()
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql" and len(pending) > 1:
         ids, statuses, errors, at = zip(*((i, *v) for i, v in pending.items()))
         counted = [1 if i in counted_now else 0 for i in ids]
         done = {i for i, in conn.exec_driver_sql(_MARK_MANY, (list(ids), [str(s) for s in statuses],

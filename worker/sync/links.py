@@ -11,6 +11,7 @@ from sqlalchemy import Insert, bindparam, exists, literal, select
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from worker.db.models import CommentLink, Link, OutboxEntry, Shadow, utcnow
+from worker.db.session import insert_many
 from worker.engine.decide import Expected
 from worker.engine.states import OUTBOX_OPEN, OutboxKind, OutboxState
 from worker.sync.outbox import to_bitbucket
@@ -67,12 +68,12 @@ def insert(session: Session, link: Link) -> Link:
 
 
 def insert_shadows(session: Session, rows: list[dict[str, Any]]) -> None:
-    """A new link's first shadows, in one statement (rows: the Shadow columns)."""
-    if rows:
-        session.connection().execute(Shadow.__table__.insert(), rows)
+    """A new link's first shadows, in one statement (rows: Shadow columns, an absent one NULL)."""
+    insert_many(session.connection(), Shadow.__table__, _SHADOW_COLUMNS, rows)
 
 
 _LINK_COLUMNS = tuple(c.name for c in Link.__table__.columns if c.name != "id")
+_SHADOW_COLUMNS = tuple(c.name for c in Shadow.__table__.columns)
 
 
 @lru_cache(maxsize=1)
@@ -80,6 +81,7 @@ def _insert_link() -> Insert:
     """Built once: a statement's construction and cache key cost more than its round trip."""
     table = Link.__table__
     return table.insert().values({c: bindparam(c) for c in _LINK_COLUMNS}).returning(table.c.id)
+
 
 
 def in_flight(session: Session, link: Link) -> list[OutboxEntry]:
