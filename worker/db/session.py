@@ -8,6 +8,7 @@ same job per link.
 from __future__ import annotations
 
 import os
+import time
 import weakref
 from contextlib import contextmanager
 from functools import lru_cache
@@ -16,6 +17,7 @@ from typing import Any, Iterator, Sequence
 import orjson
 from sqlalchemy import Connection, Engine, Insert, Table, TableClause, TextClause, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import visitors
@@ -78,7 +80,8 @@ def _json_insert(table: str, columns: tuple[str, ...]) -> str:
 def make_engine(url: str, *, pre_ping: bool = True, autocommit: bool = False) -> Engine:
     """`pre_ping=False, autocommit=True` is for a caller whose work is one statement and who
     retries on a dropped connection itself (the webhook receiver): one round trip, not four.
-    Both apply to PostgreSQL; SQLite keeps its own setup."""
+    Both apply to PostgreSQL; SQLite keeps its own setup. With `pre_ping`, a pooled connection
+    is pinged before use only if it sat idle (_ping_if_idle)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -88,8 +91,42 @@ def make_engine(url: str, *, pre_ping: bool = True, autocommit: bool = False) ->
         _configure_sqlite(engine)
         return engine
     # hide_parameters: SQL errors must never print bound values (tokens, bodies) into logs.
-    return create_engine(url, hide_parameters=True, pool_pre_ping=pre_ping, pool_size=10, max_overflow=20,
-                         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
+    engine = create_engine(url, hide_parameters=True, pool_size=10, max_overflow=20,
+                           **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}))
+    if pre_ping:
+        _ping_if_idle(engine)
+    return engine
+
+
+#: A pooled connection unused for longer than this is pinged before it is handed out: 0, every
+#: one (the web process: a request must not fail because the database restarted); a Celery
+#: worker, whose tasks retry, sets WORKER_PING_AFTER_IDLE_S (worker.queue.celery_app).
+PING_AFTER_IDLE_S = 0.0
+WORKER_PING_AFTER_IDLE_S = 1.0
+
+
+def _ping_if_idle(engine: Engine) -> None:
+    """SQLAlchemy's pool_pre_ping, for connections that sat in the pool longer than
+    PING_AFTER_IDLE_S: one the database dropped meanwhile (a restart, an idle timeout, a
+    failover) is replaced before anyone uses it. In a worker, one checked in moments ago is
+    not pinged: a ping is a round trip per transaction, which at a trickle of events, one
+    transaction each, cost about a tenth of a millisecond of CPU per event (issue 14). A
+    connection lost in that moment fails its statement with a disconnect, which makes the pool
+    drop every connection it holds, and the task retries (OperationalError is retryable)."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn, record) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn, record, _proxy) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since <= PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError(f"pooled connection no longer answers: {exc.__class__.__name__}") from exc
 
 
 def get_engine(url: str | None = None) -> Engine:

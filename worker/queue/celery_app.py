@@ -9,9 +9,10 @@ from __future__ import annotations
 import gc
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 
 from config.settings import Settings, get_settings
+from worker.db import session as db_session
 from worker.queue import embedded_broker
 
 #: Longest delay any task of ours may be scheduled with (retry backoff cap). The broker's
@@ -89,6 +90,13 @@ def _configure(sender: Celery, **_kwargs) -> None:
     sender.conf.update(celery_config(settings))
     sender.conf.beat_schedule = BEAT_SCHEDULE
     sender.conf.beat_schedule_filename = str(settings.var_dir / "celerybeat-schedule")
+
+
+@worker_init.connect
+def _ping_only_idle_connections(**_kwargs) -> None:
+    """Tasks retry a dropped connection (OperationalError), so a worker pings a pooled one only
+    if it sat idle (worker.db.session._ping_if_idle)."""
+    db_session.PING_AFTER_IDLE_S = db_session.WORKER_PING_AFTER_IDLE_S
 
 
 @worker_ready.connect
