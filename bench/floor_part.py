@@ -15,6 +15,8 @@ keep-alive senders, events/s from the first send to the last processed_at. Per e
     polling queries, one autocommit transaction each; autovacuum's, if it visits, count too);
   - WAL writes and flushes (pg_stat_wal, PostgreSQL 14+; cluster-wide, so anything else
     running on the server counts too).
+Then each pipeline once at a paced 50 events/s, where every event is a message of its own: its
+celery CPU per event against its own burst's (the floor's ratio a baseline for bbsync's).
 PostgreSQL's statistics arrive late: a backend that goes idle reports its counters up to 10 s
 (PGSTAT_IDLE_INTERVAL) after its last transaction, and pg_stat_force_next_flush() acts only on
 the backend calling it, not the pipeline's. So the counters are read after every pipeline has
@@ -35,11 +37,14 @@ import redis
 
 from bench import process_cpu
 from bench.floor import create_tables
-from bench.webhook_load import ROOT, Sender, burst
+from bench.webhook_load import ROOT, Sender, burst, paced
 from devstack.stack import Stack, _bin
 
 SETTLE_S = 10.5
 WARMUP = 50
+#: After the rounds, each pipeline at a trickle, where every event is a message of its own: its
+#: celery CPU per event against its own burst's, the floor's ratio a baseline for bbsync's.
+PACED_RATE, PACED_SECONDS = 50, 12
 
 
 @dataclass
@@ -143,7 +148,9 @@ def run(stack: Stack, sender: Sender, db_url: str, *, pg_url: str, redis_url: st
         time.sleep(SETTLE_S)
         results = [(measure(floor, pg_url, events, senders, timeout),
                     measure(ours, pg_url, events, senders, timeout)) for _ in range(rounds)]
-        return report(results, events, senders)
+        trickle = [paced(p.db_url, p.sender, PACED_RATE, PACED_SECONDS, senders, timeout, [p.worker.pid], p.table)
+                   for p in (floor, ours)]
+        return report(results, events, senders) + report_paced(results, trickle)
     except Exception as exc:  # report, do not crash the run
         return [f"0. floor vs bbsync: not measured: {type(exc).__name__}: {exc}"[:500]]
     finally:
@@ -185,4 +192,19 @@ def report(results: list[tuple[dict, dict]], events: int, senders: int) -> list[
     if ratios:
         out.append(f"   bbsync/floor events/s: {statistics.median(ratios):.2f} (median of {len(ratios)} "
                    f"rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+    return out
+
+
+def report_paced(results: list[tuple[dict, dict]], trickle: list[dict]) -> list[str]:
+    out = [f"   at a paced {PACED_RATE}/s for {PACED_SECONDS} s (every event a message of its own), the same "
+           f"Procfile workers; celery CPU per event against the pipeline's burst (median of rounds):"]
+    for k, (name, x) in enumerate(zip(("floor", "bbsync"), trickle)):
+        bursts = [r[k]["celery_ms"] for r in results if "error" not in r[k]]
+        if "error" in x or not bursts:
+            out.append(f"     {name:6}: not measured: {x.get('error', 'no burst')}")
+            continue
+        b = statistics.median(bursts)
+        out.append(f"     {name:6}: {x['celery_ms']:.2f} ms, {x['celery_ms'] / b:.2f}x its burst's {b:.2f} ms; "
+                   f"p50 {1000 * x['p50']:.1f} ms, p99 {1000 * x['p99']:.1f} ms "
+                   f"({x['processed']}/{x['accepted']} processed)")
     return out

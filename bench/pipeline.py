@@ -18,7 +18,9 @@ keep-alive clients, one per sender thread (bench/webhook_load.py).
    alternately, --floor-rounds times, with --floor-events distinct issue:created events from
    --senders senders, first send -> last processed. Reports both pipelines' events/s and the ratio
    bbsync/floor (median of rounds), and per event: machine CPU, the celery worker's CPU, commits
-   (pg_stat_database) and WAL writes and flushes (pg_stat_wal, cluster-wide).
+   (pg_stat_database) and WAL writes and flushes (pg_stat_wal, cluster-wide). Then each at a
+   paced 50/s, every event a message of its own: celery CPU per event against its own burst's
+   (the floor's ratio is the baseline for bbsync's), p50 and p99.
 1. Sustained throughput with ONE worker process (--pool=solo), then with TWO (the baseline is
    one): a burst of --events issue:created events for distinct issues from --senders threads;
    events/s from the first send to the last processed_at; CPU per event of the machine and of
@@ -55,34 +57,13 @@ import redis  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 
 from bench import floor_part  # noqa: E402
-from bench.webhook_load import WEBHOOK_REPO, Sender, burst, celery_cpu, drop_database, pct, wait_processed  # noqa: E402
+from bench.webhook_load import WEBHOOK_REPO, Sender, burst, drop_database, paced  # noqa: E402
 from devstack.stack import Stack  # noqa: E402
 
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 SECRET = "bench-secret-" + uuid.uuid4().hex[:8]
 RECON_USER = ("bench@acme.example", "tok")
-
-
-# -- paced load ------------------------------------------------------------------------------
-
-def paced(db_url: str, sender: Sender, rate: float, seconds: float, threads: int, timeout: float,
-          groups: list[int]) -> dict:
-    """`groups`: the celery workers' process groups, whose CPU per event is counted."""
-    n = int(rate * seconds)
-    ccpu0 = celery_cpu(groups)
-    res = sender.send(n, threads, rate=rate, deadline_s=seconds + 60)
-    sent = res["sent"]
-    if not sent:
-        return {"error": f"no event accepted ({res['errors'][:3]})"}
-    rows = wait_processed(db_url, list(sent), timeout)
-    ccpu1 = celery_cpu(groups)
-    done = {i: p for i, (st, p) in rows.items() if p is not None}
-    lat = sorted(done[i] - sent[i] for i in done)
-    return {"offered": n, "accepted": len(sent), "errors": len(res["errors"]), "processed": len(done),
-            "achieved_rate": len(sent) / res["send_seconds"],
-            "p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "max": lat[-1] if lat else float("nan"),
-            "celery_ms": 1000 * (ccpu1 - ccpu0) / max(1, len(done))}
 
 
 # -- reconciliation --------------------------------------------------------------------------

@@ -192,6 +192,26 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))] if xs else float("nan")
 
 
+def paced(db_url: str, sender: Sender, rate: float, seconds: float, threads: int, timeout: float,
+          groups: list[int], table: str = "deliveries") -> dict:
+    """rate*seconds events sent at `rate`/s; latency send -> processed_at, and the CPU per
+    event of the celery workers' process groups `groups`."""
+    n = int(rate * seconds)
+    ccpu0 = celery_cpu(groups)
+    res = sender.send(n, threads, rate=rate, deadline_s=seconds + 60)
+    sent = res["sent"]
+    if not sent:
+        return {"error": f"no event accepted ({res['errors'][:3]})"}
+    rows = wait_processed(db_url, list(sent), timeout, table)
+    ccpu1 = celery_cpu(groups)
+    done = {i: p for i, (st, p) in rows.items() if p is not None}
+    lat = sorted(done[i] - sent[i] for i in done)
+    return {"offered": n, "accepted": len(sent), "errors": len(res["errors"]), "processed": len(done),
+            "achieved_rate": len(sent) / res["send_seconds"],
+            "p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "max": lat[-1] if lat else float("nan"),
+            "celery_ms": 1000 * (ccpu1 - ccpu0) / max(1, len(done))}
+
+
 def drop_database(pg_url: str, db_name: str | None) -> None:
     """Close this process's engine (if it made one), then drop a bench's database (None: it
     ran on SQLite)."""
