@@ -7,14 +7,14 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Callable, NamedTuple, TypeVar
 
-from sqlalchemy import Connection, and_, bindparam, exists, select, tuple_
+from sqlalchemy import ARRAY, Connection, String, and_, any_, bindparam, exists, select, tuple_
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased
 
 from worker.db import ledger
 from worker.db.models import Connection as ConnectionRow
 from worker.db.models import Delivery, utcnow
-from worker.db.session import insert_ignoring_duplicates, transaction
+from worker.db.session import insert_ignoring_duplicates, one_of, transaction
 from worker.engine.states import DELIVERY_STUCK, DeliveryStatus, Direction, Outcome
 from worker.sync import finishing
 from worker.sync.finishing import AlreadyFinished
@@ -97,7 +97,7 @@ def _columns() -> tuple:
     other = aliased(Delivery)
     same_issue = and_(other.connection_id == Delivery.connection_id, other.issue_key == Delivery.issue_key,
                       other.id != Delivery.id)
-    behind = (select(other.id).where(same_issue, other.status.in_(DELIVERY_STUCK),
+    behind = (select(other.id).where(same_issue, one_of(other.status, DELIVERY_STUCK),
                                      other.received_at <= Delivery.received_at)
               .order_by(other.received_at).limit(1).correlate(Delivery).scalar_subquery())
     holding = exists().where(same_issue, other.status == DeliveryStatus.HELD).correlate(Delivery)
@@ -112,19 +112,27 @@ def _paused():
                           ConnectionRow.paused_at.is_not(None)).correlate(Delivery)
 
 
-@lru_cache(maxsize=1)
-def _start_statement():
+def _named(column, dialect: str):
+    """`column` among the ids bound as "ids". On PostgreSQL one array (`= ANY`): SQLAlchemy
+    renders an expanding IN into the SQL text again at every execution (issue 14)."""
+    if dialect == "postgresql":
+        return column == any_(bindparam("ids", type_=ARRAY(String)))
+    return column.in_(bindparam("ids", expanding=True))
+
+
+@lru_cache(maxsize=2)
+def _start_statement(dialect: str):
     table = Delivery.__table__
-    return (table.update().where(table.c.id.in_(bindparam("ids", expanding=True)),
-                                 table.c.status == DeliveryStatus.RECEIVED, ~_paused())
+    return (table.update().where(_named(table.c.id, dialect), table.c.status == DeliveryStatus.RECEIVED,
+                                 ~_paused())
             .values(runs=table.c.runs + 1).returning(*_columns()))
 
 
-@lru_cache(maxsize=1)
-def _take_statement():
+@lru_cache(maxsize=2)
+def _take_statement(dialect: str):
     """What _start_statement reads, for every delivery named, each row locked as the UPDATE
     would lock it, and nothing written."""
-    return (select(*_columns()).where(Delivery.id.in_(bindparam("ids", expanding=True)))
+    return (select(*_columns()).where(_named(Delivery.id, dialect))
             .with_for_update(of=Delivery.__table__, key_share=True))
 
 
@@ -139,7 +147,8 @@ def start_run(session: Session, delivery_id: str) -> Taken | None:
 def start_runs(session: Session, delivery_ids: list[str]) -> dict[str, Taken]:
     """start_run for several deliveries (a message's), in one statement and so one commit;
     deliveries not found are left out."""
-    rows = session.connection().execute(_start_statement(), {"ids": list(delivery_ids)}).all()
+    conn = session.connection()
+    rows = conn.execute(_start_statement(conn.dialect.name), {"ids": list(delivery_ids)}).all()
     taken = {row[0]: _taken(row) for row in rows}
     for delivery_id in delivery_ids:
         if delivery_id not in taken:  # not waiting (done, failed, held), paused or not there
@@ -154,7 +163,8 @@ def take_runs(session: Session, delivery_ids: list[str]) -> dict[str, Taken]:
     locked by one statement, and its run is counted when it is marked done, by the statement
     that marks it (worker.sync.finishing), so it is written once, not twice. If the
     transaction does not commit, the count goes with it (see worker.queue.tasks)."""
-    rows = session.connection().execute(_take_statement(), {"ids": list(delivery_ids)}).all()
+    conn = session.connection()
+    rows = conn.execute(_take_statement(conn.dialect.name), {"ids": list(delivery_ids)}).all()
     taken = {}
     for row in rows:
         t = _taken(row)

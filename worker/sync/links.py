@@ -11,7 +11,7 @@ from sqlalchemy import Insert, bindparam, exists, literal, select
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from worker.db.models import CommentLink, Link, OutboxEntry, Shadow, utcnow
-from worker.db.session import insert_many
+from worker.db.session import insert_many, one_of
 from worker.engine.decide import Expected
 from worker.engine.states import OUTBOX_OPEN, OutboxKind, OutboxState
 from worker.sync.outbox import to_bitbucket
@@ -43,7 +43,7 @@ def lock_link(session: Session, connection_id: int, repo: str, issue_id: int,
 def _lock_link_statement(with_comment: bool):
     """Built once: a statement's construction and cache key cost more than its round trip."""
     recent = exists().where(OutboxEntry.link_id == Link.id, to_bitbucket(OutboxKind.FIELDS),
-                            OutboxEntry.state.in_((OutboxState.SENDING, OutboxState.SENT)),
+                            one_of(OutboxEntry.state, (OutboxState.SENDING, OutboxState.SENT)),
                             OutboxEntry.created_at >= bindparam("since")).correlate(Link)
     copied = (exists().where(CommentLink.link_id == Link.id,
                              CommentLink.bitbucket_comment_id == bindparam("comment_id"))
