@@ -85,8 +85,11 @@ def main() -> int:
         from sqlalchemy import event
 
         from webhooks import create_app
+        from worker.db import session as db_session
         from worker.db.session import get_engine
         from worker.queue import tasks
+        # As a Celery worker sets it at start (worker.queue.celery_app): it is the worker's path.
+        db_session.PING_AFTER_IDLE_S = db_session.WORKER_PING_AFTER_IDLE_S
         queued: list = []
         client = create_app(enqueue=lambda task, arg: queued.append((task, arg)) or True).test_client()
         sender = Sender("", SECRET)
