@@ -38,7 +38,10 @@ def celery_config(settings: Settings) -> dict:
             "processed_folder": str(folder / "processed"),
             "control_folder": str(folder / "control"),  # default is relative to the cwd
             "store_processed": False,
-            "polling_interval": 0.1,
+            # An idle worker looks at the folder 20 times a second (0.6% of a core, 0.35% at
+            # 0.1 s); at a trickle of 50 events/s, received -> applied: p50 49 ms, p99 93 ms,
+            # against 72 and 140 ms at 0.1 s (bench/pipeline.py --embedded, issue 14).
+            "polling_interval": 0.05,
         }
     return {
         "broker_url": settings.broker_url,
