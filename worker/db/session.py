@@ -15,10 +15,11 @@ from functools import lru_cache
 from typing import Any, Iterator, Sequence
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, Engine, Insert, Table, TableClause, TextClause, create_engine, event, or_
+from sqlalchemy import (ColumnElement, Connection, Engine, Insert, Table, TableClause, TextClause, create_engine,
+                        event, or_)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import visitors
 

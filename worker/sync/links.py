@@ -83,7 +83,6 @@ def _insert_link() -> Insert:
     return table.insert().values({c: bindparam(c) for c in _LINK_COLUMNS}).returning(table.c.id)
 
 
-
 def in_flight(session: Session, link: Link) -> list[OutboxEntry]:
     """Our own writes to this issue whose webhooks may still be on their way back."""
     if link.id in session.info.get("no_writes_in_flight", ()):
